@@ -1,0 +1,183 @@
+"""The ``trilemma`` command: ``list``, ``run``, ``report`` and ``classifier``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from trilemma.errors import TrilemmaError
+from trilemma.presets import PRESET_CHOICES
+
+EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: ``trilemma: error: ...``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"trilemma: error: {message} (see `{self.prog} --help`)\n")
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``model.field=value`` items → ``{model: {field: value}}``."""
+    overrides: dict[str, dict[str, str]] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        model, dot, field = target.partition(".")
+        if not sep or not dot or not model or not field:
+            raise TrilemmaError(f"malformed --set {item!r}; expected MODEL.FIELD=VALUE, e.g. vae.latent_dim=8")
+        overrides.setdefault(model.strip(), {})[field.strip()] = value.strip()
+    return overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="trilemma", description="Benchmark generative models on quality, speed and coverage.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    sub.add_parser("list", help="models, metrics and datasets, with the plugin that provides each")
+
+    run = sub.add_parser("run", help="train and evaluate models")
+    run.add_argument("models", nargs="*", help="model names (see `trilemma list`)")
+    run.add_argument("--all", action="store_true", help="every installed model")
+    run.add_argument("--preset", default="auto", help=f"one of {', '.join(PRESET_CHOICES)} (default auto)")
+    run.add_argument("--seed", type=int, action="append", dest="seed_list", metavar="N",
+                     help="seed; repeat for several (default 0)")
+    run.add_argument("--seeds", type=int, metavar="K", help="seeds 0..K-1")
+    run.add_argument("--set", action="append", default=[], metavar="MODEL.FIELD=VALUE", dest="overrides",
+                     help="override a model's config field; repeatable")
+    run.add_argument("--out", type=Path, help="run directory (default reports/run-<time>)")
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    run.add_argument("--dataset", default="mnist", help="dataset name (default mnist)")
+    run.add_argument("--data-dir", type=Path, help="where MNIST lives (default ~/.cache/trilemma)")
+    run.add_argument("--resume", action="store_true", help="skip (model, seed) pairs already finished in --out")
+    run.add_argument("--steps", type=int, help="override the preset's training steps for every model")
+    run.add_argument("--train-seconds", type=float, help="override the preset's training time for every model")
+    run.add_argument("--inception-weights", type=Path, help="Inception-v3 weights (torch-fidelity's format) "
+                     "for Inception FID/IS/KID; skipped when absent")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
+
+    report = sub.add_parser("report", help="render report.md / report.html for run directories")
+    report.add_argument("runs", nargs="+", type=Path)
+    report.add_argument("--out", type=Path, help="where to write a combined report (several runs)")
+    report.add_argument("--force", action="store_true", help="compare runs even when their protocols differ")
+
+    clf = sub.add_parser("classifier", help="the pinned MNIST classifier")
+    clf_sub = clf.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
+    clf_sub.add_parser("info", help="accuracy and weights hash")
+    clf_train = clf_sub.add_parser("train", help="reproduce the shipped weights")
+    clf_train.add_argument("--out", type=Path, help="where to write the weights (default: print only)")
+    clf_train.add_argument("--epochs", type=int, default=4)
+    clf_train.add_argument("--seed", type=int, default=0)
+    clf_train.add_argument("--device", default="cpu")
+    clf_train.add_argument("--data-dir", type=Path)
+    return parser
+
+
+def cmd_list() -> int:
+    from trilemma.plugins import collect
+
+    registries = collect()
+    for title, registry in (("models", registries.models), ("metrics", registries.metrics),
+                            ("datasets", registries.datasets)):
+        print(f"{title}:")
+        if not len(registry):
+            print("  (none)")
+        for entry in registry.entries():
+            print(f"  {entry.name:<22} {entry.provider}")
+    if registries.broken:
+        print("broken plugins:")
+        for broken in registries.broken.values():
+            print(f"  {broken.name:<22} {broken.distribution}: {broken.error}")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from trilemma.plugins import collect
+    from trilemma.runner import RunOptions, Runner
+
+    if args.seeds is not None and args.seeds < 1:
+        raise TrilemmaError("--seeds must be at least 1")
+    seeds = list(args.seed_list or []) + (list(range(args.seeds)) if args.seeds else [])
+    seeds = list(dict.fromkeys(seeds)) or [0]
+    overrides = parse_overrides(args.overrides)
+    if args.inception_weights is not None and not args.inception_weights.is_file():
+        raise TrilemmaError(f"--inception-weights {args.inception_weights}: no such file")
+    registries = collect()
+    for broken in registries.broken.values():
+        print(f"warning: plugin {broken.name} ({broken.distribution}) is broken: {broken.error}", file=sys.stderr)
+    if args.all and args.models:
+        raise TrilemmaError("give model names or --all, not both")
+    models = registries.models.names() if args.all else list(dict.fromkeys(args.models))
+    if not models:
+        valid = ", ".join(registries.models.names()) or "none installed"
+        raise TrilemmaError(f"name the models to run, or --all; installed: {valid}")
+    if args.all and args.dataset != "mnist" and args.dataset in registries.datasets:
+        channels = registries.datasets[args.dataset].channels
+        models = [m for m in models if channels in registries.models[m].data_channels]
+    out = args.out or Path("reports") / time.strftime("run-%Y%m%d-%H%M%S")
+    options = RunOptions(models=models, preset=args.preset, seeds=seeds, overrides=overrides, out_dir=out,
+                         device=args.device, dataset=args.dataset, data_dir=args.data_dir, resume=args.resume,
+                         progress=not args.no_progress, train_steps=args.steps, train_seconds=args.train_seconds,
+                         metric_options={"inception_weights": args.inception_weights, "verbose": args.verbose})
+    runner = Runner(options, registries)
+    try:
+        failed = runner.run()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished rows are in {out / 'results.csv'}; add --resume to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    from trilemma.report import print_summary, render_run
+
+    render_run(out)
+    print_summary(out)
+    if failed:
+        print(f"{failed} row(s) failed; see the error column of {out / 'results.csv'}", file=sys.stderr)
+        return EXIT_FAILED_ROWS
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from trilemma.report import render_runs
+
+    render_runs(args.runs, out=args.out, force=args.force)
+    return EXIT_OK
+
+
+def cmd_classifier(args: argparse.Namespace) -> int:
+    from trilemma.classifier import classifier_info, train_and_save
+
+    if args.action == "info":
+        info = classifier_info()
+        print(f"test accuracy {info.test_accuracy:.4f}, sha256 {info.sha256}, "
+              f"seed {info.seed}, {info.epochs} epochs, trained in {info.train_seconds:.0f} s")
+        return EXIT_OK
+    out = args.out or Path("classifier-reproduction")
+    info = train_and_save(out, args.data_dir, epochs=args.epochs, seed=args.seed, device=args.device)
+    shipped = classifier_info()
+    print(f"wrote {out}: test accuracy {info.test_accuracy:.4f}, sha256 {info.sha256} "
+          f"({'identical to' if info.sha256 == shipped.sha256 else 'differs from'} the shipped weights)")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return cmd_list()
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "report":
+            return cmd_report(args)
+        return cmd_classifier(args)
+    except TrilemmaError as exc:
+        print(f"trilemma: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def entry() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

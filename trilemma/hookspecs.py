@@ -1,0 +1,33 @@
+"""The hooks a trilemma plugin implements.
+
+Each hook receives a validating ``register`` callable and returns nothing. The harness calls a
+plugin's hooks one plugin at a time, so every registered item knows which distribution
+provided it, and a plugin whose hook raises is reported as broken without stopping the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+PROJECT = "trilemma"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_models(register: Callable[..., None]) -> None:
+    """Register model classes: ``register(ModelClass)``, a ``trilemma.GenerativeModel`` subclass
+    whose ``name`` is its registry name (``register(ModelClass, name="other")`` renames it)."""
+
+
+@hookspec
+def register_metrics(register: Callable[..., None]) -> None:
+    """Register metrics: ``register(metric)``, a ``trilemma.Metric`` instance; its columns are
+    added to every report row."""
+
+
+@hookspec
+def register_datasets(register: Callable[..., None]) -> None:
+    """Register datasets: ``register(dataset)``, a ``trilemma.Dataset`` instance."""

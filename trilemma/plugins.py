@@ -1,0 +1,146 @@
+"""Plugin discovery: built-ins plus ``trilemma`` entry points, each loaded on its own."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import traceback
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+from typing import Any, Callable
+
+import pluggy
+
+from trilemma import hookspecs
+from trilemma.registry import Provider, Registry
+
+ENTRY_POINT_GROUP = "trilemma"
+ALLOWLIST_ENV = "TRILEMMA_LOAD_PLUGINS"
+BUILTIN_MODULES = (
+    "trilemma.datasets",
+    "trilemma.metrics.speed",
+    #"trilemma.metrics.fidelity",
+    #"trilemma.metrics.coverage",
+)
+
+
+@dataclass(frozen=True)
+class BrokenPlugin:
+    """A plugin that failed to import or to register; the others keep working."""
+
+    name: str
+    distribution: str
+    error: str
+    details: str
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, plus where each plugin came from and which plugins are broken."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.providers: dict[str, Provider] = {}
+        self.broken: dict[str, BrokenPlugin] = {}
+
+    def register_plugin(self, plugin: ModuleType | object, name: str, provider: Provider) -> None:
+        self.register(plugin, name=name)
+        self.providers[name] = provider
+
+    def mark_broken(self, name: str, distribution: str, exc: BaseException) -> None:
+        self.broken[name] = BrokenPlugin(
+            name, distribution, f"{type(exc).__name__}: {exc}",
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        )
+        if self.is_registered(self.get_plugin(name)):
+            self.unregister(name=name)
+
+
+def allowed_entry_points() -> list[EntryPoint]:
+    """Entry points in the group, filtered by ``TRILEMMA_LOAD_PLUGINS`` (comma-separated names;
+    empty: none) when it is set."""
+    found = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+    allow = os.environ.get(ALLOWLIST_ENV)
+    if allow is None:
+        return found
+    names = {n.strip() for n in allow.split(",") if n.strip()}
+    return [ep for ep in found if ep.name in names]
+
+
+def _builtin_provider(module_name: str) -> Provider:
+    from trilemma import __version__
+
+    return Provider(module_name, "trilemma", __version__)
+
+
+def get_plugin_manager(extra_plugins: dict[str, object] | None = None) -> PluginManager:
+    """A new manager with the built-ins, the allowed entry points and ``extra_plugins`` (name →
+    module or object, for tests). A plugin that fails to import is recorded in ``broken``."""
+    pm = PluginManager()
+    for module_name in BUILTIN_MODULES:
+        pm.register_plugin(importlib.import_module(module_name), module_name, _builtin_provider(module_name))
+    for ep in allowed_entry_points():
+        dist = ep.dist.name if ep.dist else "?"
+        version = ep.dist.version if ep.dist else ""
+        try:
+            plugin = ep.load()
+            pm.register_plugin(plugin, ep.name, Provider(ep.name, dist, version))
+        except Exception as exc:  # a broken plugin must not take the others down
+            pm.mark_broken(ep.name, dist, exc)
+    for name, plugin in (extra_plugins or {}).items():
+        pm.register_plugin(plugin, name, Provider(name, name, ""))
+    pm.check_pending()
+    return pm
+
+
+@dataclass
+class Registries:
+    models: Registry
+    metrics: Registry
+    datasets: Registry
+    broken: dict[str, BrokenPlugin]
+    plugin_manager: PluginManager
+
+
+def _fill(pm: PluginManager, hook_name: str, registry: Registry) -> None:
+    hook = getattr(pm.hook, hook_name)
+    for impl in hook.get_hookimpls():  # registration order
+        if impl.plugin_name in pm.broken:
+            continue
+        try:
+            impl.function(register=registry.bound(pm.providers[impl.plugin_name]))
+        except Exception as exc:
+            dist = pm.providers[impl.plugin_name].distribution
+            pm.mark_broken(impl.plugin_name, dist, exc)
+
+
+def collect(pm: PluginManager | None = None) -> Registries:
+    """Call every plugin's hooks, one plugin at a time, into validating registries."""
+    from trilemma.datasets import Dataset
+    from trilemma.metrics import Metric
+    from trilemma.model import GenerativeModel
+
+    pm = pm or get_plugin_manager()
+
+    def model_problem(item: Any) -> str | None:
+        if not (isinstance(item, type) and issubclass(item, GenerativeModel)):
+            return "not a trilemma.GenerativeModel subclass"
+        if not item.name:
+            return "its class attribute `name` is empty"
+        return None
+
+    def instance_of(cls: type) -> Callable[[Any], str | None]:
+        return lambda item: None if isinstance(item, cls) else f"not a {cls.__module__}.{cls.__name__}"
+
+    registries = Registries(
+        models=Registry("model", model_problem, lambda m: m.name),
+        metrics=Registry("metric", instance_of(Metric), lambda m: m.name),
+        datasets=Registry("dataset", instance_of(Dataset), lambda d: d.name),
+        broken=pm.broken,
+        plugin_manager=pm,
+    )
+    _fill(pm, "register_datasets", registries.datasets)
+    _fill(pm, "register_metrics", registries.metrics)
+    _fill(pm, "register_models", registries.models)
+    return registries

@@ -1,0 +1,104 @@
+"""Checks for plugin authors: ``check_model_contract(ModelClass)`` in a plugin's tests.
+
+Installed as a pytest plugin (entry point ``pytest11``), so the ``model_contract`` fixture is
+available in any test suite of an environment where trilemma is installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import pytest
+import torch
+
+from trilemma.errors import TrilemmaError
+from trilemma.model import GenerativeModel, ModelConfig
+from trilemma.sampling import NFECounter, check_samples
+from trilemma.train import Budget, load_checkpoint, save_checkpoint, train
+
+
+def _fake_data(n: int, channels: int, seed: int = 0) -> torch.Tensor:
+    """Blurry blobs as uint8 images: enough for a few training steps, no dataset needed."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, channels, 28, 28, generator=g)
+    images = torch.nn.functional.avg_pool2d(images, 5, stride=1, padding=2)
+    return (images * 255).to(torch.uint8)
+
+
+def check_model_contract(model_class: type[GenerativeModel], config: Mapping[str, Any] | None = None,
+                         *, channels: int | None = None, steps: int = 3, batch_size: int = 8,
+                         expected_nfe: Mapping[str, float] | None = None) -> GenerativeModel:
+    """Assert that ``model_class`` keeps the model contract, on the CPU, in seconds.
+
+    Checks: a name and a dataclass ``Config`` that round-trips and rejects unknown fields; a few
+    training steps with finite losses; every sampler returns n×C×28×28 finite floats in [0, 1]
+    and calls its ``sampling_networks()`` (NFE > 0, or exactly ``expected_nfe[sampler]``);
+    same seed, same samples; checkpoint save/load restores the samples.
+    Returns the trained model for further checks.
+    """
+    assert isinstance(model_class.name, str) and model_class.name, "model class needs a non-empty `name`"
+    assert issubclass(model_class.Config, ModelConfig) and dataclasses.is_dataclass(model_class.Config), \
+        "`Config` must be a ModelConfig dataclass"
+    cfg = model_class.Config.from_dict(dict(config or {}))
+    assert type(cfg).from_dict(cfg.to_dict()) == cfg, "config does not round-trip through to_dict/from_dict"
+    with pytest.raises(TrilemmaError):
+        type(cfg).from_dict({"no_such_field_xyz": 1})
+    for preset, settings in model_class.presets.items():
+        assert set(settings) <= {"config", "budget"}, f"preset {preset}: only 'config' and 'budget' keys"
+        model_class.Config.from_dict(settings.get("config", {}))
+
+    channels = channels or model_class.data_channels[0]
+    torch.manual_seed(0)
+    model = model_class(cfg, channels=channels)
+    networks = model.sampling_networks()
+    assert networks, "sampling_networks() must name at least one network"
+    submodules = set(map(id, model.modules()))
+    for net in networks:
+        assert id(net) in submodules, f"sampling network {type(net).__name__} is not a sub-module of the model"
+
+    data = _fake_data(4 * batch_size, channels)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "model.pt"
+        result = train(model, data, Budget(steps=steps, seconds=None, batch_size=batch_size), seed=0,
+                       checkpoint=ckpt, progress=False)
+        assert result.steps == steps and result.images_seen == steps * batch_size
+        assert result.losses, "training_step must return at least one loss"
+
+        samplers = model.samplers()
+        assert samplers, "samplers() must return at least one sampler"
+        first = {}
+        for name, sampler in samplers.items():
+            counter = NFECounter(networks)
+            model.eval()
+            with torch.no_grad(), counter.counting():
+                images = sampler(5, torch.Generator().manual_seed(1))
+            check_samples(images, 5, channels, f"sampler {name!r}")
+            nfe = counter.per_sample(5)
+            assert nfe > 0, f"sampler {name!r} never called its sampling_networks()"
+            if expected_nfe and name in expected_nfe:
+                assert nfe == expected_nfe[name], f"sampler {name!r}: NFE {nfe}, expected {expected_nfe[name]}"
+            with torch.no_grad():
+                again = sampler(5, torch.Generator().manual_seed(1))
+            assert torch.allclose(images, again), f"sampler {name!r} is not deterministic given its generator"
+            first[name] = images
+
+        save_checkpoint(ckpt, model, steps, 0.0, done=True)
+        torch.manual_seed(123)
+        clone = model_class(cfg, channels=channels)
+        clone.optimizers = clone.configure_optimizers()
+        load_checkpoint(ckpt, clone)
+        clone.eval()
+        for name, sampler in clone.samplers().items():
+            with torch.no_grad():
+                images = sampler(5, torch.Generator().manual_seed(1))
+            assert torch.allclose(images, first[name], atol=1e-5), f"sampler {name!r} differs after checkpoint load"
+    return model
+
+
+@pytest.fixture
+def model_contract():
+    """The ``check_model_contract`` function, as a fixture."""
+    return check_model_contract
