@@ -133,7 +133,7 @@ def _shift(batch: torch.Tensor, generator: torch.Generator, max_shift: int = 2) 
     n = batch.shape[0]
     padded = F.pad(batch, (max_shift,) * 4)
     dx, dy = (torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator)).tolist()
-    return torch.stack([padded[i, :, y : y + 28, x : x + 28] for i, (x, y) in enumerate(zip(dx, dy))])
+    return torch.stack([padded[i, :, y : y + 28, x : x + 28] for i, (x, y) in enumerate(zip(dx, dy, strict=True))])
 
 
 def train_classifier(train_images: torch.Tensor, train_labels: torch.Tensor, *, epochs: int = 4,

@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from trilemma.errors import TrilemmaError
 from trilemma.presets import PRESET_CHOICES
@@ -98,7 +98,7 @@ def cmd_list() -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from trilemma.plugins import collect
-    from trilemma.runner import RunOptions, Runner
+    from trilemma.runner import Runner, RunOptions
 
     if args.seeds is not None and args.seeds < 1:
         raise TrilemmaError("--seeds must be at least 1")

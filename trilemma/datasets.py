@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from trilemma.data import Split, load_mnist, stack_mnist
 from trilemma.hookspecs import hookimpl

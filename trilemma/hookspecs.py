@@ -7,7 +7,7 @@ provided it, and a plugin whose hook raises is reported as broken without stoppi
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 

@@ -11,14 +11,15 @@ import hashlib
 import json
 import types
 import typing
-from typing import Any, Callable, ClassVar, Mapping, Union
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Union
 
 import torch
 from torch import nn
 
 from trilemma.errors import TrilemmaError
 
-Sampler = Callable[[int, Union[torch.Generator, None]], torch.Tensor]
+Sampler = Callable[[int, torch.Generator | None], torch.Tensor]
 
 
 @dataclasses.dataclass

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -20,8 +21,8 @@ ALLOWLIST_ENV = "TRILEMMA_LOAD_PLUGINS"
 BUILTIN_MODULES = (
     "trilemma.datasets",
     "trilemma.metrics.speed",
-    #"trilemma.metrics.fidelity",
-    #"trilemma.metrics.coverage",
+    "trilemma.metrics.fidelity",
+    "trilemma.metrics.coverage",
 )
 
 
@@ -53,7 +54,7 @@ class PluginManager(pluggy.PluginManager):
             name, distribution, f"{type(exc).__name__}: {exc}",
             "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         )
-        if self.is_registered(self.get_plugin(name)):
+        if self.get_plugin(name) is not None:
             self.unregister(name=name)
 
 
@@ -86,6 +87,7 @@ def get_plugin_manager(extra_plugins: dict[str, object] | None = None) -> Plugin
         try:
             plugin = ep.load()
             pm.register_plugin(plugin, ep.name, Provider(ep.name, dist, version))
+            pm.check_pending()  # a misspelt hook is this plugin's fault: report it as broken
         except Exception as exc:  # a broken plugin must not take the others down
             pm.mark_broken(ep.name, dist, exc)
     for name, plugin in (extra_plugins or {}).items():

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 from trilemma.errors import TrilemmaError
 
@@ -34,8 +35,8 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "smoke": Preset("smoke", train_steps=3, train_seconds=None, batch_size=16, eval_samples=64,
-                    stacked_samples=64, speed_batch_sizes=(8,), speed_repeats=1, sample_batch_size=32,
+    "smoke": Preset("smoke", train_steps=3, train_seconds=None, batch_size=16, eval_samples=200,
+                    stacked_samples=200, speed_batch_sizes=(8,), speed_repeats=1, sample_batch_size=32,
                     checkpoint_every=1000, description="seconds; for tests"),
     "quick": Preset("quick", train_steps=None, train_seconds=150, batch_size=128, eval_samples=2000,
                     stacked_samples=2000, speed_batch_sizes=(1, 64), speed_repeats=2, sample_batch_size=500,

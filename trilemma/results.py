@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -35,9 +36,9 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_results(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, keep_default_na=True)
+    frame = pd.read_csv(path, dtype={"error": object, "status": object})
     if "error" in frame:
-        frame["error"] = frame["error"].fillna("").astype(str)
+        frame["error"] = frame["error"].fillna("")
     return frame
 
 

@@ -7,14 +7,15 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from trilemma.data import Split
+from trilemma.data import Split, default_data_dir
 from trilemma.datasets import Dataset
 from trilemma.errors import TrilemmaError
 from trilemma.metrics import EvalContext
@@ -144,6 +145,8 @@ class Runner:
         check_writable(options.out_dir)
         self.out_dir = options.out_dir
         self.results = ResultsTable(self.out_dir)
+        self.cache_dir = Path(options.data_dir or default_data_dir()) / "fidelity-cache"
+        self.metric_options = dict(options.metric_options, run_dir=self.out_dir)  # shared by every evaluation
         self.manifest: dict[str, Any] = {}
         self.data: dict[str, Split] = {}
 
@@ -232,8 +235,8 @@ class Runner:
                        seed=seed, where=where, progress=self.options.progress)
         ctx = EvalContext(model=model, model_name=name, sampler_name=sampler_name, sampler=sampler,
                           samples=samples, dataset=self.dataset, data=self.data, device=self.device,
-                          preset=preset, seed=seed, cache_dir=self.out_dir.parent / ".cache",
-                          options=dict(self.options.metric_options, run_dir=self.out_dir), log=self.log)
+                          preset=preset, seed=seed, cache_dir=self.cache_dir,
+                          options=self.metric_options, log=self.log)
         row: dict[str, Any] = {}
         errors = []
         protocols = self.manifest.setdefault("metrics", {})

@@ -5,9 +5,10 @@ Built-in metrics register through ``register_metrics`` exactly as a plugin's wou
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

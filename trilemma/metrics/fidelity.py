@@ -1,0 +1,188 @@
+"""Sample quality through torch-fidelity: FID, IS, KID and precision/recall.
+
+One ``calculate_metrics`` call per (samples, extractor) computes all four from shared features.
+Input 1 is generated, input 2 is real (torch-fidelity's convention for precision/recall).
+The default extractor is the pinned MNIST classifier (128-d penultimate features for
+FID/KID/PRC, logits for IS); Inception-v3 is added when its weights are on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_fidelity
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+from trilemma.classifier import FEATURE_DIM, classifier_info, load_classifier
+from trilemma.errors import TrilemmaError
+from trilemma.hookspecs import hookimpl
+from trilemma.metrics import EvalContext, Metric
+
+MNIST_EXTRACTOR = "mnist-classifier"
+INCEPTION_EXTRACTOR = "inception-v3-compat"
+INCEPTION_FEATURE_DIM = 2048
+# Where torch-fidelity's own download of the Inception weights would have put them.
+INCEPTION_CACHE_FILE = "weights-inception-2015-12-05-6726825d.pth"
+KID_SUBSET_SIZE = 1000
+
+
+class MnistClassifierExtractor(FeatureExtractorBase):
+    """The pinned MNIST classifier as a torch-fidelity feature extractor (uint8 N×1×H×W in)."""
+
+    def __init__(self, name: str, features_list: list[str], **kwargs: Any) -> None:
+        super().__init__(name, features_list)
+        self.classifier = load_classifier("cpu")
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, ...]:
+        return ("features", "logits")
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return {"isc": "logits", "fid": "features", "kid": "features", "prc": "features"}[metric]
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> torch.Tensor:
+        return torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features, logits = self.classifier.features_and_logits(x.float() / 255)
+        found = {"features": features, "logits": logits}
+        return tuple(found[name] for name in self.features_list)
+
+
+torch_fidelity.register_feature_extractor(MNIST_EXTRACTOR, MnistClassifierExtractor)
+
+
+class ImageSet(torch.utils.data.Dataset):
+    """uint8 images for torch-fidelity, optionally repeated to three channels (Inception)."""
+
+    def __init__(self, images: torch.Tensor, rgb: bool = False) -> None:
+        if images.is_floating_point():
+            images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+        self.images = images.cpu()
+        self.rgb = rgb
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        image = self.images[i]
+        return image.expand(3, -1, -1).contiguous() if self.rgb else image
+
+
+def inception_weights(explicit: Path | None) -> Path | None:
+    """``--inception-weights``, else torch-fidelity's cached download, else None."""
+    if explicit is not None:
+        return Path(explicit)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_CACHE_FILE
+    return cached if cached.exists() else None
+
+
+def compute_fidelity(generated: torch.Tensor, real: torch.Tensor, *, extractor: str = MNIST_EXTRACTOR,
+                     reference_name: str | None = None, cache_dir: Path | None = None,
+                     weights_path: Path | None = None, device: torch.device | str = "cpu",
+                     batch_size: int = 500, seed: int = 0) -> dict[str, float]:
+    """FID, IS, KID and precision/recall of ``generated`` against ``real`` (N×1×28×28, uint8 or
+    floats in [0, 1]). ``reference_name`` caches the real features under ``cache_dir``; it must
+    identify the split, the extractor and its weights."""
+    n_gen, n_real = len(generated), len(real)
+    dim = INCEPTION_FEATURE_DIM if extractor == INCEPTION_EXTRACTOR else FEATURE_DIM
+    if min(n_gen, n_real) < 2:
+        raise TrilemmaError(f"fidelity metrics need at least 2 samples per input, got {n_gen} generated, {n_real} real")
+    with_fid = min(n_gen, n_real) > dim
+    if not with_fid and extractor == MNIST_EXTRACTOR:
+        raise TrilemmaError(
+            f"FID with {extractor} needs more samples than feature dimensions ({dim}); "
+            f"got {n_gen} generated and {n_real} real: raise the preset's eval_samples"
+        )
+    rgb = extractor == INCEPTION_EXTRACTOR
+    kwargs: dict[str, Any] = {
+        "input1": ImageSet(generated, rgb), "input2": ImageSet(real, rgb),
+        "cuda": torch.device(device).type == "cuda", "batch_size": batch_size,
+        "feature_extractor": extractor, "isc": True, "fid": with_fid, "kid": True, "prc": True,
+        "kid_subset_size": min(KID_SUBSET_SIZE, n_gen, n_real), "verbose": False, "save_cpu_ram": True,
+        "rng_seed": seed, "cache": reference_name is not None,
+    }
+    if reference_name is not None:
+        kwargs.update(input2_cache_name=reference_name, cache_root=str(cache_dir) if cache_dir else None)
+    if weights_path is not None:
+        kwargs["feature_extractor_weights_path"] = str(weights_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        raw = torch_fidelity.calculate_metrics(**kwargs)
+    return {
+        "fid": raw.get("frechet_inception_distance", math.nan),
+        "is_mean": raw["inception_score_mean"], "is_std": raw["inception_score_std"],
+        "kid_mean": raw["kernel_inception_distance_mean"], "kid_std": raw["kernel_inception_distance_std"],
+        "precision": raw["precision"], "recall": raw["recall"],
+    }
+
+
+def reference_cache_name(dataset: str, split: str, n: int, extractor: str, weights_sha256: str) -> str:
+    return f"trilemma-{dataset}-{split}-{n}-{extractor}-{weights_sha256[:16]}"
+
+
+class FidelityMetric(Metric):
+    """FID/IS/KID/precision/recall with the MNIST classifier, plus Inception when available."""
+
+    name = "fidelity"
+    reference_split = "test"
+
+    def applies_to(self, dataset) -> bool:
+        return dataset.channels == 1
+
+    def compute(self, ctx: EvalContext) -> dict[str, Any]:
+        real = ctx.data[self.reference_split].images
+        info = classifier_info()
+        row = compute_fidelity(
+            ctx.samples.images, real, extractor=MNIST_EXTRACTOR, device=ctx.device, seed=ctx.seed,
+            reference_name=reference_cache_name(ctx.dataset.name, self.reference_split, len(real),
+                                                MNIST_EXTRACTOR, info.sha256),
+            cache_dir=ctx.cache_dir,
+        )
+        weights = inception_weights(ctx.options.get("inception_weights"))
+        if weights is None:
+            if not ctx.options.get("_inception_notice"):
+                ctx.log("Inception-v3 weights not found (--inception-weights PATH): Inception FID/IS/KID skipped")
+                ctx.options["_inception_notice"] = True
+            return row
+        from trilemma.classifier import file_sha256
+
+        inception = compute_fidelity(
+            ctx.samples.images, real, extractor=INCEPTION_EXTRACTOR, device=ctx.device, seed=ctx.seed,
+            weights_path=weights, cache_dir=ctx.cache_dir,
+            reference_name=reference_cache_name(ctx.dataset.name, self.reference_split, len(real),
+                                                INCEPTION_EXTRACTOR, file_sha256(weights)),
+        )
+        row.update({f"inception_{key}": inception[key] for key in ("fid", "is_mean", "is_std", "kid_mean", "kid_std")})
+        return row
+
+    def protocol(self, ctx: EvalContext) -> dict[str, Any]:
+        info = classifier_info()
+        weights = inception_weights(ctx.options.get("inception_weights"))
+        return {
+            "library": f"torch-fidelity {torch_fidelity.__version__}",
+            "input1": "generated samples", "input2": f"real {ctx.dataset.name} {self.reference_split} split",
+            "extractor": MNIST_EXTRACTOR, "extractor_sha256": info.sha256,
+            "extractor_test_accuracy": info.test_accuracy,
+            "features": {"fid": "features (128-d)", "kid": "features", "prc": "features (k=3)", "isc": "logits"},
+            "generated_samples": ctx.preset.eval_samples,
+            "real_samples": len(ctx.data[self.reference_split].labels),
+            "kid_subset_size": min(KID_SUBSET_SIZE, ctx.preset.eval_samples), "isc_splits": 10,
+            "inception": str(weights) if weights else "skipped: no weights",
+        }
+
+
+@hookimpl
+def register_metrics(register: Callable[..., None]) -> None:
+    register(FidelityMetric())
