@@ -202,6 +202,7 @@ class Runner:
             torch.manual_seed(seed)
             model = plan.model_class(plan.config, channels=self.dataset.channels).to(self.device)
             base["params"] = count_parameters(model)
+            base["sampling_params"] = sum(count_parameters(net) for net in model.sampling_networks())
             budget = Budget(plan.preset.train_steps, plan.preset.train_seconds, plan.preset.batch_size,
                             plan.preset.checkpoint_every)
             self.log(f"{name} seed {seed}: training ({_describe_budget(budget)}, {base['params']:,} parameters)")

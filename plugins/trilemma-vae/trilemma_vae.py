@@ -61,6 +61,11 @@ class VAE(trilemma.GenerativeModel):
     name = "vae"
     Config = VAEConfig
     data_channels = (1, 3)
+    presets = {
+        "smoke": {"config": {"filters": 8}},
+        "quick": {"budget": {"train_seconds": 90}},
+        "standard": {"budget": {"train_seconds": 180}},
+    }
 
     def __init__(self, config: VAEConfig | None = None, channels: int = 1) -> None:
         super().__init__(config, channels)
