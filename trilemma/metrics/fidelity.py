@@ -92,16 +92,18 @@ def inception_weights(explicit: Path | None) -> Path | None:
 def compute_fidelity(generated: torch.Tensor, real: torch.Tensor, *, extractor: str = MNIST_EXTRACTOR,
                      reference_name: str | None = None, cache_dir: Path | None = None,
                      weights_path: Path | None = None, device: torch.device | str = "cpu",
-                     batch_size: int = 500, seed: int = 0) -> dict[str, float]:
+                     batch_size: int = 500, seed: int = 0,
+                     metrics: tuple[str, ...] = ("fid", "isc", "kid", "prc")) -> dict[str, float]:
     """FID, IS, KID and precision/recall of ``generated`` against ``real`` (N×1×28×28, uint8 or
     floats in [0, 1]). ``reference_name`` caches the real features under ``cache_dir``; it must
-    identify the split, the extractor and its weights."""
+    identify the split, the extractor and its weights. ``metrics`` picks a subset; the columns of
+    the others are NaN."""
     n_gen, n_real = len(generated), len(real)
     dim = INCEPTION_FEATURE_DIM if extractor == INCEPTION_EXTRACTOR else FEATURE_DIM
     if min(n_gen, n_real) < 2:
         raise TrilemmaError(f"fidelity metrics need at least 2 samples per input, got {n_gen} generated, {n_real} real")
-    with_fid = min(n_gen, n_real) > dim
-    if not with_fid and extractor == MNIST_EXTRACTOR:
+    with_fid = min(n_gen, n_real) > dim and "fid" in metrics
+    if "fid" in metrics and not with_fid and extractor == MNIST_EXTRACTOR:
         raise TrilemmaError(
             f"FID with {extractor} needs more samples than feature dimensions ({dim}); "
             f"got {n_gen} generated and {n_real} real: raise the preset's eval_samples"
@@ -110,7 +112,8 @@ def compute_fidelity(generated: torch.Tensor, real: torch.Tensor, *, extractor: 
     kwargs: dict[str, Any] = {
         "input1": ImageSet(generated, rgb), "input2": ImageSet(real, rgb),
         "cuda": torch.device(device).type == "cuda", "batch_size": batch_size,
-        "feature_extractor": extractor, "isc": True, "fid": with_fid, "kid": True, "prc": True,
+        "feature_extractor": extractor, "isc": "isc" in metrics, "fid": with_fid, "kid": "kid" in metrics,
+        "prc": "prc" in metrics,
         "kid_subset_size": min(KID_SUBSET_SIZE, n_gen, n_real), "verbose": False, "save_cpu_ram": True,
         "rng_seed": seed, "cache": reference_name is not None,
     }
@@ -120,12 +123,10 @@ def compute_fidelity(generated: torch.Tensor, real: torch.Tensor, *, extractor: 
         kwargs["feature_extractor_weights_path"] = str(weights_path)
     with contextlib.redirect_stdout(io.StringIO()):
         raw = torch_fidelity.calculate_metrics(**kwargs)
-    return {
-        "fid": raw.get("frechet_inception_distance", math.nan),
-        "is_mean": raw["inception_score_mean"], "is_std": raw["inception_score_std"],
-        "kid_mean": raw["kernel_inception_distance_mean"], "kid_std": raw["kernel_inception_distance_std"],
-        "precision": raw["precision"], "recall": raw["recall"],
-    }
+    names = {"fid": "frechet_inception_distance", "is_mean": "inception_score_mean", "is_std": "inception_score_std",
+             "kid_mean": "kernel_inception_distance_mean", "kid_std": "kernel_inception_distance_std",
+             "precision": "precision", "recall": "recall"}
+    return {ours: raw.get(theirs, math.nan) for ours, theirs in names.items()}
 
 
 def reference_cache_name(dataset: str, split: str, n: int, extractor: str, weights_sha256: str) -> str:
@@ -158,6 +159,8 @@ class FidelityMetric(Metric):
             return row
         from trilemma.classifier import file_sha256
 
+        # Inception-v3 runs at 299×299: as many real images as generated ones, not the whole split.
+        real = real[: len(ctx.samples.images)]
         inception = compute_fidelity(
             ctx.samples.images, real, extractor=INCEPTION_EXTRACTOR, device=ctx.device, seed=ctx.seed,
             weights_path=weights, cache_dir=ctx.cache_dir,
@@ -179,7 +182,8 @@ class FidelityMetric(Metric):
             "generated_samples": ctx.preset.eval_samples,
             "real_samples": len(ctx.data[self.reference_split].labels),
             "kid_subset_size": min(KID_SUBSET_SIZE, ctx.preset.eval_samples), "isc_splits": 10,
-            "inception": str(weights) if weights else "skipped: no weights",
+            "inception": (f"{weights}: first {ctx.preset.eval_samples} real images of the split, 3 repeated channels"
+                          if weights else "skipped: no weights"),
         }
 
 
