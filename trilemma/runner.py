@@ -234,6 +234,7 @@ class Runner:
         where = f"{name}/{sampler_name}"
         samples = draw(model, sampler, preset.eval_samples, batch_size=preset.sample_batch_size,
                        seed=seed, where=where, progress=self.options.progress)
+        save_grid(samples.images[:64], self.out_dir / "samples" / f"{name}-{sampler_name}-seed{seed}.png")
         ctx = EvalContext(model=model, model_name=name, sampler_name=sampler_name, sampler=sampler,
                           samples=samples, dataset=self.dataset, data=self.data, device=self.device,
                           preset=preset, seed=seed, cache_dir=self.cache_dir,
@@ -265,6 +266,14 @@ class Runner:
     def _log_traceback(self, exc: BaseException) -> None:
         if self.options.metric_options.get("verbose"):
             self.log("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+
+
+def save_grid(images: torch.Tensor, path: Path) -> None:
+    """The first samples as an 8-wide grid PNG (the report embeds it)."""
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, path, nrow=8, padding=2, pad_value=0.5)
 
 
 class MetricsFailed(RuntimeError):

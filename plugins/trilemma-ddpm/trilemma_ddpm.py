@@ -95,6 +95,15 @@ class Diffusion:
             x_prev = x_prev + sigma * noise
         return x_prev
 
+    def posterior_sample(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                         noise: torch.Tensor) -> torch.Tensor:
+        """x_{t-1} ~ q(x_{t-1} | x_t, x_0) for a batch of timesteps ``t`` (no noise where t = 0)."""
+        def at(values: torch.Tensor) -> torch.Tensor:
+            return values.to(x0.device)[t].view(-1, 1, 1, 1).to(x0.dtype)
+
+        mean = at(self.posterior_c0) * x0 + at(self.posterior_ct) * x_t
+        return mean + at(self.posterior_variance).sqrt() * noise
+
     def ddim_timesteps(self, steps: int) -> list[int]:
         """k evenly spaced timesteps, descending ("leading" spacing: 0, T/k, 2T/k, …)."""
         if not 1 <= steps <= self.timesteps:
@@ -150,13 +159,19 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    """28 → 14 → 7 and back, ``blocks`` residual blocks per level, attention at 7×7, skips."""
+    """28 → 14 → 7 and back, ``blocks`` residual blocks per level, attention at 7×7, skips.
 
-    def __init__(self, channels: int, base: int, mults: tuple[int, ...], blocks: int, dropout: float) -> None:
+    With ``cond_dim`` it also takes a conditioning vector (a latent code, say), mapped by an
+    MLP and added to the time embedding that every residual block receives."""
+
+    def __init__(self, channels: int, base: int, mults: tuple[int, ...], blocks: int, dropout: float,
+                 cond_dim: int = 0) -> None:
         super().__init__()
         time_dim = 4 * base
         self.base = base
         self.time_mlp = nn.Sequential(nn.Linear(base, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        self.cond_mlp = (nn.Sequential(nn.Linear(cond_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+                         if cond_dim else None)
         self.stem = nn.Conv2d(channels, base, 3, padding=1)
         widths = [base * m for m in mults]
         self.down = nn.ModuleList()
@@ -182,8 +197,10 @@ class UNet(nn.Module):
                 self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)))
         self.head = nn.Sequential(norm(c), nn.SiLU(), nn.Conv2d(c, channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         t_emb = self.time_mlp(sinusoidal_embedding(t, self.base))
+        if self.cond_mlp is not None:
+            t_emb = t_emb + self.cond_mlp(cond)
         h = self.stem(x)
         hs = [h]
         for layer in self.down:
