@@ -91,3 +91,14 @@ def test_killed_run_keeps_finished_rows_and_resume_skips_them(tmp_path):
     after = pd.read_csv(results).set_index("model")
     assert after.loc["tiny", "train_seconds"] == before["train_seconds"].iloc[0]
     assert after.loc["tiny-slow", "status"] == "ok"
+
+
+def test_a_fresh_run_into_an_old_directory_starts_over_and_keeps_the_manifest(fake_registries, tmp_path):
+    assert run_cli("run", "tiny", "tiny-k3", "--preset", "smoke", "--out", str(tmp_path), "--no-progress") == 0
+    assert (tmp_path / "checkpoints" / "tiny-seed0.pt").exists()
+    # Without --resume the finished checkpoint (3 steps) must not be loaded.
+    assert run_cli("run", "tiny", "--preset", "smoke", "--steps", "2", "--out", str(tmp_path), "--no-progress") == 0
+    rows = pd.read_csv(tmp_path / "results.csv").set_index("model")
+    assert rows.loc["tiny", "train_steps"] == 2 and rows.loc["tiny-k3", "train_steps"] == 3
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest["models"]) == {"tiny", "tiny-k3"}

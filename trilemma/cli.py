@@ -62,9 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
 
     report = sub.add_parser("report", help="render report.md / report.html for run directories")
-    report.add_argument("runs", nargs="+", type=Path)
-    report.add_argument("--out", type=Path, help="where to write a combined report (several runs)")
-    report.add_argument("--force", action="store_true", help="compare runs even when their protocols differ")
+    report.add_argument("runs", nargs="+", type=Path, help="run directories; several are pooled (seeds aggregated)")
+    report.add_argument("--compare", action="store_true", help="put two runs side by side with the differences")
+    report.add_argument("--out", type=Path, help="where to write a pooled or comparison report")
+    report.add_argument("--force", action="store_true", help="pool or compare runs even when their protocols differ")
 
     clf = sub.add_parser("classifier", help="the pinned MNIST classifier")
     clf_sub = clf.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
@@ -132,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     from trilemma.report import print_summary, render_run
 
-    render_run(out)
+    print(f"report: {render_run(out)} (and report.html)")
     print_summary(out)
     if failed:
         print(f"{failed} row(s) failed; see the error column of {out / 'results.csv'}", file=sys.stderr)
@@ -143,7 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from trilemma.report import render_runs
 
-    render_runs(args.runs, out=args.out, force=args.force)
+    render_runs(args.runs, out=args.out, force=args.force, compare=args.compare)
     return EXIT_OK
 
 

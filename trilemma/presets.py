@@ -39,7 +39,7 @@ PRESETS: dict[str, Preset] = {
                     stacked_samples=200, speed_batch_sizes=(8,), speed_repeats=1, sample_batch_size=32,
                     checkpoint_every=1000, description="seconds; for tests"),
     "quick": Preset("quick", train_steps=None, train_seconds=150, batch_size=128, eval_samples=1000,
-                    stacked_samples=1000, speed_batch_sizes=(1, 64), speed_repeats=2, sample_batch_size=500,
+                    stacked_samples=26000, speed_batch_sizes=(1, 64), speed_repeats=2, sample_batch_size=500,
                     checkpoint_every=500, description="every built-in model within about 30 minutes on a 2-core CPU"),
     "standard": Preset("standard", train_steps=None, train_seconds=240, batch_size=128, eval_samples=10000,
                        stacked_samples=26000, speed_batch_sizes=(1, 64, 256), speed_repeats=3,

@@ -1,28 +1,46 @@
-"""Results → pandas → Markdown and console tables."""
+"""Results → pandas → Markdown, self-contained HTML and plots; aggregation over seeds and the
+comparison of runs."""
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import math
-from collections.abc import Sequence
+import time
 from pathlib import Path
+from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
+from trilemma.data import TEST_LABEL_COUNTS
 from trilemma.errors import TrilemmaError
-from trilemma.results import MANIFEST_NAME, RESULTS_NAME, atomic_write_text, read_results
+from trilemma.results import MANIFEST_NAME, RESULTS_NAME, atomic_write_text, ordered_columns, read_results, write_json
 
+# (column, title, format); arrows say which direction is better.
 HEADLINE = [
-    ("model", "model", None), ("sampler", "sampler", None), ("seed", "seed", None), ("status", "status", None),
     ("fid", "FID ↓", "{:.2f}"), ("is_mean", "IS ↑", "{:.2f}"), ("kid_mean", "KID ↓", "{:.4f}"),
     ("precision", "precision ↑", "{:.3f}"), ("recall", "recall ↑", "{:.3f}"), ("nfe", "NFE ↓", "{:g}"),
     ("ms_per_sample", "ms/sample ↓", "{:.3g}"), ("samples_per_s", "samples/s ↑", "{:.4g}"),
     ("modes_covered", "modes ↑", "{:g}"), ("kl_to_test", "KL ↓", "{:.3f}"),
-    ("train_seconds", "train s", "{:.0f}"), ("params", "params", "{:,.0f}"),
+    ("low_confidence_share", "low-conf. ↓", "{:.3f}"),
+    ("train_seconds", "train s", "{:.0f}"), ("params", "params (all)", "{:,.0f}"),
+    ("sampling_params", "params (sampling)", "{:,.0f}"),
+]
+KEY = ["model", "sampler"]
+BOOTSTRAP_RESAMPLES = 2000
+# Manifest fields that must agree before rows of two runs are compared or pooled.
+PROTOCOL_FIELDS = [
+    ("dataset",), ("metrics", "fidelity", "extractor"), ("metrics", "fidelity", "extractor_sha256"),
+    ("metrics", "fidelity", "generated_samples"), ("metrics", "fidelity", "real_samples"),
+    ("metrics", "fidelity", "input2"), ("metrics", "coverage", "samples"),
 ]
 
 
-def load_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:
+# --- loading and aggregation ------------------------------------------------------------------
+
+def load_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     results = Path(run_dir) / RESULTS_NAME
     if not results.exists():
         raise TrilemmaError(f"{run_dir}: no {RESULTS_NAME}; is it a trilemma run directory?")
@@ -31,21 +49,72 @@ def load_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:
     return read_results(results), manifest
 
 
-def _format(value: object, fmt: str | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def bootstrap_interval(values: Sequence[float], level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (NaN for fewer than two values)."""
+    values = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if len(values) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def numeric_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c not in ("seed",) and pd.api.types.is_numeric_dtype(frame[c])]
+
+
+def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, sampler): ``n_seeds``, ``failed``, and for each numeric metric its
+    mean, ``<col>_std`` (ddof 1), ``<col>_ci_low`` and ``<col>_ci_high`` over the successful seeds."""
+    records = []
+    order = list(dict.fromkeys(zip(frame["model"], frame["sampler"], strict=True)))
+    for model, sampler in order:
+        group = frame[(frame["model"] == model) & (frame["sampler"] == sampler)]
+        ok = group[group["status"] == "ok"]
+        record: dict[str, Any] = {"model": model, "sampler": sampler, "n_seeds": len(ok),
+                                  "failed": int((group["status"] != "ok").sum()),
+                                  "error": "; ".join(sorted(set(group.loc[group["status"] != "ok", "error"].astype(str))))}
+        for column in numeric_columns(frame):
+            values = ok[column].dropna().to_numpy(dtype=float)
+            record[column] = float(values.mean()) if len(values) else math.nan
+            record[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            record[f"{column}_ci_low"], record[f"{column}_ci_high"] = bootstrap_interval(values)
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+def _fmt(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
-    if fmt is None:
-        return str(value)
     try:
         return fmt.format(value)
     except (ValueError, TypeError):
         return str(value)
 
 
-def headline_table(frame: pd.DataFrame) -> pd.DataFrame:
-    columns = [(key, title, fmt) for key, title, fmt in HEADLINE if key in frame]
-    table = pd.DataFrame({title: [_format(v, fmt) for v in frame[key]] for key, title, fmt in columns})
-    return table
+def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The headline, one row per (model, sampler): ``mean ± half-width`` of the 95% bootstrap
+    interval when several seeds succeeded, the plain value for one."""
+    table: dict[str, list[str]] = {"model": list(summary["model"]), "sampler": list(summary["sampler"]),
+                                   "seeds": [str(n) for n in summary["n_seeds"]]}
+    for column, title, fmt in HEADLINE:
+        if column not in summary:
+            continue
+        cells = []
+        for _, row in summary.iterrows():
+            cell = _fmt(row[column], fmt)
+            half = (row.get(f"{column}_ci_high", math.nan) - row.get(f"{column}_ci_low", math.nan)) / 2
+            if cell != "–" and math.isfinite(half):
+                cell += " ± " + _fmt(half, fmt.replace(",", ""))
+            cells.append(cell)
+        table[title] = cells
+    table["status"] = ["ok" if f == 0 else f"{f} failed" for f in summary["failed"]]
+    return pd.DataFrame(table)
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -55,28 +124,226 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
+def _get(manifest: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = manifest
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def protocol_lines(manifest: dict[str, Any]) -> list[str]:
+    if not manifest:
+        return ["(no manifest)"]
+    fidelity = _get(manifest, ("metrics", "fidelity")) or {}
+    coverage = _get(manifest, ("metrics", "coverage")) or {}
+    speed = _get(manifest, ("metrics", "speed")) or {}
+    versions = manifest.get("versions", {})
+    lines = [
+        f"- Dataset: {manifest.get('dataset')} ({manifest.get('data_source')}); preset {manifest.get('preset')}; "
+        f"seeds {manifest.get('seeds')}",
+        f"- Device: {_get(manifest, ('device', 'name'))}",
+    ]
+    if fidelity:
+        lines += [
+            f"- Quality: {fidelity.get('library')}; input 1 = {fidelity.get('input1')}, input 2 = {fidelity.get('input2')} "
+            f"({fidelity.get('real_samples')} images); {fidelity.get('generated_samples')} generated samples per row; "
+            f"extractor {fidelity.get('extractor')} (SHA-256 {str(fidelity.get('extractor_sha256'))[:16]}…, "
+            f"test accuracy {fidelity.get('extractor_test_accuracy')}); KID subset {fidelity.get('kid_subset_size')}; "
+            f"Inception: {fidelity.get('inception')}",
+        ]
+    if coverage:
+        lines.append(f"- Coverage: {coverage.get('protocol')} ({coverage.get('samples')} samples; low confidence = "
+                     f"max softmax below {coverage.get('low_confidence_threshold')})")
+    if speed:
+        lines.append(f"- Speed: NFE = {speed.get('nfe')}; {speed.get('ms_per_sample')}; batch sizes "
+                     f"{speed.get('batch_sizes')}")
+    if versions:
+        lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    return lines
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+def render_figures(frame: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, dataset: str) -> dict[str, Path]:
+    from trilemma import plots
+
+    ok = summary[summary["n_seeds"] > 0]
+    figures = {
+        "trilemma chart": plots.trilemma_chart(ok, out_dir / "plots" / "trilemma.png"),
+        "FID vs NFE": plots.fid_vs_nfe(ok, out_dir / "plots" / "fid_vs_nfe.png"),
+    }
+    if dataset == "mnist":
+        total = sum(TEST_LABEL_COUNTS)
+        figures["class histograms"] = plots.class_histograms(ok, [c / total for c in TEST_LABEL_COUNTS],
+                                                             out_dir / "plots" / "class_histograms.png")
+    return {name: path for name, path in figures.items() if path is not None}
+
+
+def sample_grids(run_dirs: Sequence[Path], frame: pd.DataFrame) -> dict[str, Path]:
+    grids = {}
+    for model, sampler in dict.fromkeys(zip(frame["model"], frame["sampler"], strict=True)):
+        for run_dir in run_dirs:
+            found = sorted((Path(run_dir) / "samples").glob(f"{model}-{sampler}-seed*.png"))
+            if found:
+                grids[f"{model}/{sampler}"] = found[0]
+                break
+    return grids
+
+
+# --- documents --------------------------------------------------------------------------------
+
+def _image_md(path: Path, base: Path) -> str:
+    return f"![{path.stem}]({path.relative_to(base) if path.is_relative_to(base) else path})"
+
+
+def write_documents(out_dir: Path, title: str, summary: pd.DataFrame, manifests: list[dict[str, Any]],
+                    figures: dict[str, Path], grids: dict[str, Path], extra_md: str = "") -> Path:
+    table = headline_table(summary)
+    failures = summary[summary["failed"] > 0]
+    md = [f"# {title}", "", "## Results", "",
+          "Arrows say which direction is better. With several seeds: mean ± half-width of the 95% bootstrap "
+          "interval of the mean.", "", markdown_table(table), ""]
+    if len(failures):
+        md += ["## Failures", ""] + [f"- {r.model}/{r.sampler}: {r.error}" for r in failures.itertuples()] + [""]
+    if extra_md:
+        md += [extra_md, ""]
+    md += ["## Protocol", ""]
+    for manifest in manifests:
+        md += protocol_lines(manifest) + [""]
+    md += ["## Figures", ""] + [f"### {name}\n\n{_image_md(path, out_dir)}\n" for name, path in figures.items()]
+    md += ["## Samples", ""] + [f"### {name}\n\n{_image_md(path, out_dir)}\n" for name, path in grids.items()]
+    md_path = out_dir / "report.md"
+    atomic_write_text(md_path, "\n".join(md))
+    atomic_write_text(out_dir / "report.html", _html(title, table, failures, manifests, figures, grids, extra_md))
+    return md_path
+
+
+def _embed(path: Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _html(title: str, table: pd.DataFrame, failures: pd.DataFrame, manifests: list[dict[str, Any]],
+          figures: dict[str, Path], grids: dict[str, Path], extra_md: str) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+             "td:first-child,td:nth-child(2){text-align:left}img{max-width:100%}"
+             ".grids{display:flex;flex-wrap:wrap;gap:1em}.grids figure{margin:0;width:260px}"
+             "figcaption{font-size:12px;text-align:center}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1><h2>Results</h2>",
+             "<p>Arrows say which direction is better. With several seeds: mean ± half-width of the 95% bootstrap "
+             "interval of the mean.</p>", table.to_html(index=False, escape=True, border=0)]
+    if len(failures):
+        parts.append("<h2>Failures</h2><ul>" + "".join(
+            f"<li>{html.escape(f'{r.model}/{r.sampler}: {r.error}')}</li>" for r in failures.itertuples()) + "</ul>")
+    if extra_md:
+        parts.append(f"<pre>{html.escape(extra_md)}</pre>")
+    parts.append("<h2>Protocol</h2>")
+    for manifest in manifests:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in protocol_lines(manifest)) + "</ul>")
+    parts.append("<h2>Figures</h2>")
+    parts += [f"<h3>{html.escape(name)}</h3>{_embed(path)}" for name, path in figures.items()]
+    parts.append("<h2>Samples</h2><div class='grids'>")
+    parts += [f"<figure>{_embed(path)}<figcaption>{html.escape(name)}</figcaption></figure>" for name, path in grids.items()]
+    parts.append("</div></body></html>")
+    return "\n".join(parts)
+
+
+# --- entry points -----------------------------------------------------------------------------
+
 def render_run(run_dir: Path) -> Path:
-    """Write ``report.md`` for one run directory; returns its path."""
+    """Write ``report.md``, ``report.html`` and the plots of one run directory."""
     frame, manifest = load_run(run_dir)
-    lines = [f"# trilemma run `{Path(run_dir).name}`", ""]
-    if manifest:
-        device = manifest.get("device", {})
-        lines += [f"Dataset {manifest.get('dataset')}, preset {manifest.get('preset')}, seeds {manifest.get('seeds')}, "
-                  f"device {device.get('name', '?')}.", ""]
-    lines += ["## Results", "", markdown_table(headline_table(frame)), ""]
-    failed = frame[frame["status"] != "ok"]
-    if len(failed):
-        lines += ["## Failures", ""] + [f"- {r.model}/{r.sampler} seed {r.seed}: {r.error}" for r in failed.itertuples()] + [""]
-    path = Path(run_dir) / "report.md"
-    atomic_write_text(path, "\n".join(lines))
+    summary = aggregate(frame)
+    figures = render_figures(frame, summary, Path(run_dir), manifest.get("dataset", "mnist"))
+    return write_documents(Path(run_dir), f"trilemma run `{Path(run_dir).name}`", summary, [manifest], figures,
+                           sample_grids([run_dir], frame))
+
+
+def protocol_differences(manifests: Sequence[dict[str, Any]]) -> list[str]:
+    differences = []
+    for path in PROTOCOL_FIELDS:
+        values = [_get(m, path) for m in manifests]
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1:
+            differences.append(f"{'.'.join(path)}: {' vs '.join(map(str, values))}")
+    return differences
+
+
+def _check_protocols(run_dirs: Sequence[Path], manifests: Sequence[dict[str, Any]], force: bool) -> None:
+    differences = protocol_differences(manifests)
+    if differences and not force:
+        raise TrilemmaError(f"runs {', '.join(map(str, run_dirs))} differ in protocol ({'; '.join(differences)}); "
+                            "add --force to put them together anyway")
+
+
+def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool = False,
+                compare: bool = False) -> Path:
+    """One run: its own report. Several: pool their rows (seeds) into one report under ``out``,
+    or with ``compare`` put two runs side by side. Protocols must agree unless ``force``."""
+    run_dirs = [Path(r) for r in run_dirs]
+    if len(run_dirs) == 1 and not compare:
+        path = render_run(run_dirs[0])
+        print(f"wrote {path} and {path.with_suffix('.html')}")
+        return path
+    loaded = [load_run(r) for r in run_dirs]
+    manifests = [m for _, m in loaded]
+    _check_protocols(run_dirs, manifests, force)
+    out = Path(out) if out else Path("reports") / time.strftime("combined-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    if compare:
+        if len(run_dirs) != 2:
+            raise TrilemmaError("--compare takes exactly two run directories")
+        path = _render_comparison(run_dirs, loaded, out)
+    else:
+        frame = pd.concat([f.assign(run=str(r)) for (f, _), r in zip(loaded, run_dirs, strict=True)], ignore_index=True)
+        atomic_write_text(out / RESULTS_NAME, frame[ordered_columns(frame.columns)].to_csv(index=False))
+        write_json(out / MANIFEST_NAME, {"combined_from": [str(r) for r in run_dirs], "runs": manifests})
+        summary = aggregate(frame)
+        atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
+        figures = render_figures(frame, summary, out, manifests[0].get("dataset", "mnist"))
+        path = write_documents(out, f"trilemma: {len(run_dirs)} runs pooled", summary, manifests, figures,
+                               sample_grids(run_dirs, frame))
+    print(f"wrote {path} and {path.with_suffix('.html')}")
     return path
 
 
-def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool = False) -> None:
-    for run_dir in run_dirs:
-        print(f"wrote {render_run(run_dir)}")
+COMPARED = ["fid", "is_mean", "kid_mean", "precision", "recall", "nfe", "ms_per_sample", "modes_covered", "kl_to_test"]
+
+
+def comparison_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Rows matched by (model, sampler): A, B and B − A for each compared metric."""
+    sa, sb = aggregate(a).set_index(KEY), aggregate(b).set_index(KEY)
+    keys = list(dict.fromkeys([*sa.index, *sb.index]))
+    records = []
+    for key in keys:
+        record: dict[str, Any] = {"model": key[0], "sampler": key[1]}
+        for column in COMPARED:
+            va = sa[column].get(key, math.nan) if column in sa else math.nan
+            vb = sb[column].get(key, math.nan) if column in sb else math.nan
+            record[f"{column} A"], record[f"{column} B"], record[f"{column} Δ"] = va, vb, vb - va
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def _render_comparison(run_dirs: Sequence[Path], loaded: list[tuple[pd.DataFrame, dict]], out: Path) -> Path:
+    table = comparison_table(loaded[0][0], loaded[1][0])
+    atomic_write_text(out / "comparison.csv", table.to_csv(index=False))
+    shown = table.copy()
+    for column in shown.columns[2:]:
+        shown[column] = [_fmt(v, "{:+.4g}" if column.endswith("Δ") else "{:.4g}") for v in shown[column]]
+    md = [f"# trilemma: {run_dirs[0]} (A) against {run_dirs[1]} (B)", "", "Δ = B − A.", "", markdown_table(shown), "",
+          "## Protocol", ""]
+    for name, (_, manifest) in zip("AB", loaded, strict=True):
+        md += [f"### {name}", *protocol_lines(manifest), ""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(md))
+    atomic_write_text(out / "report.html",
+                      f"<!doctype html><meta charset='utf-8'><title>comparison</title><h1>{html.escape(md[0][2:])}</h1>"
+                      f"<p>Δ = B − A.</p>{shown.to_html(index=False, border=1)}")
+    return path
 
 
 def print_summary(run_dir: Path) -> None:
     frame, _ = load_run(run_dir)
-    print(headline_table(frame).to_string(index=False))
+    print(headline_table(aggregate(frame)).to_string(index=False))

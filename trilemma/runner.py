@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import sys
@@ -147,7 +148,9 @@ class Runner:
         self.results = ResultsTable(self.out_dir)
         self.cache_dir = Path(options.data_dir or default_data_dir()) / "fidelity-cache"
         self.metric_options = dict(options.metric_options, run_dir=self.out_dir)  # shared by every evaluation
-        self.manifest: dict[str, Any] = {}
+        # An earlier run into the same directory (resumed, or re-running some models) keeps its entries.
+        manifest_path = self.out_dir / MANIFEST_NAME
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         self.data: dict[str, Split] = {}
 
     # --- manifest ---------------------------------------------------------------------
@@ -159,10 +162,11 @@ class Runner:
             "dataset": self.dataset.name,
             "data_source": next(iter(self.data.values())).source if self.data else None,
             "device": {"type": self.device.type, "name": describe_device(self.device)},
-            "seeds": self.options.seeds,
+            "seeds": sorted({*self.manifest.get("seeds", []), *self.options.seeds}),
             "preset": next(iter(self.plans.values())).preset.name if self.plans else self.options.preset,
             "models": {
-                name: {
+                **self.manifest.get("models", {}),
+                **{name: {
                     "distribution": str(self.registries.models.provider(name)),
                     "config": plan.config.to_dict(),
                     "config_hash": plan.config.config_hash(),
@@ -170,7 +174,7 @@ class Runner:
                                "batch_size": plan.preset.batch_size},
                     "eval_samples": plan.preset.eval_samples,
                 }
-                for name, plan in self.plans.items()
+                for name, plan in self.plans.items()},
             },
             "versions": library_versions([d for d in dists if d != "trilemma"]),
         })
@@ -206,8 +210,10 @@ class Runner:
             budget = Budget(plan.preset.train_steps, plan.preset.train_seconds, plan.preset.batch_size,
                             plan.preset.checkpoint_every)
             self.log(f"{name} seed {seed}: training ({_describe_budget(budget)}, {base['params']:,} parameters)")
-            result = train(model, train_images, budget, seed=seed,
-                           checkpoint=self.out_dir / "checkpoints" / f"{name}-seed{seed}.pt",
+            checkpoint = self.out_dir / "checkpoints" / f"{name}-seed{seed}.pt"
+            if not self.options.resume:
+                checkpoint.unlink(missing_ok=True)  # only --resume continues from an earlier checkpoint
+            result = train(model, train_images, budget, seed=seed, checkpoint=checkpoint,
                            progress=self.options.progress, desc=f"{name} seed {seed}")
             base.update(_train_columns(result))
         except Exception as exc:

@@ -6,7 +6,8 @@ Gaussian, so each is modelled by a conditional GAN: the generator G(x_t, z, t) p
 the step is taken with the posterior q(x_{t−1} | x_t, x̂_0) (paper, eq. 6–7); a time-conditioned
 discriminator D(x_{t−1}, x_t, t) tells real pairs, drawn from q(x_{t−1}) q(x_t | x_{t−1}), from
 generated ones. Losses: non-saturating GAN loss with R1 regularisation on real pairs (paper,
-eq. 5 and §4); the generator used for sampling is an exponential moving average. The noise
+eq. 5 and §4), applied lazily every few steps with its weight scaled to match (Karras et al.
+2020, StyleGAN2, §3.1); the generator used for sampling is an exponential moving average. The noise
 schedule discretises the VP-SDE (β_min = 0.1, β_max = 20) at t = k/T (paper, Appendix C).
 """
 
@@ -19,7 +20,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from trilemma_ddpm import Diffusion, UNet, norm, sinusoidal_embedding
+from trilemma_ddpm import Diffusion, UNet, norm, sinusoidal_embedding, update_ema
 
 import trilemma
 
@@ -65,6 +66,7 @@ class DDGANConfig(trilemma.ModelConfig):
     beta1: float = 0.5
     beta2: float = 0.9
     r1_gamma: float = 0.02
+    r1_every: int = 4  # lazy R1: every k-th step, weighted by k
     ema_decay: float = 0.999
 
 
@@ -76,9 +78,11 @@ class DDGAN(trilemma.GenerativeModel):
     data_channels = (1, 3)
     presets = {
         "smoke": {"config": {"base_channels": 8, "disc_width": 8, "latent_dim": 8}},
-        "quick": {"config": {"base_channels": 16, "channel_mults": (1, 2, 4), "disc_width": 32, "lr_g": 5e-4,
+        # A light generator (8/16/32 channels at 28/14/7 pixels) and batch 32, so that a 2-core CPU
+        # takes about 4,000 steps: measured 0.083 s a step there, against 0.26 s for 8/32/64 at batch 64.
+        "quick": {"config": {"base_channels": 8, "channel_mults": (1, 2, 4), "disc_width": 32, "lr_g": 5e-4,
                              "lr_d": 4e-4, "ema_decay": 0.995},
-                  "budget": {"train_seconds": 240, "batch_size": 64}},
+                  "budget": {"train_seconds": 360, "batch_size": 32}},
         "standard": {"budget": {"train_seconds": 600, "batch_size": 128}},
     }
 
@@ -123,13 +127,17 @@ class DDGAN(trilemma.GenerativeModel):
         x_prev, x_t = self.real_pairs(x0, t)
 
         # Discriminator: non-saturating loss, R1 penalty on real pairs (γ/2 · ‖∇_{x_{t−1}} D‖²).
-        x_prev.requires_grad_(True)
+        with_r1 = step % self.config.r1_every == 0
+        x_prev.requires_grad_(with_r1)
         real_logits = self.discriminator(x_prev, x_t, t)
-        (grad,) = torch.autograd.grad(real_logits.sum(), x_prev, create_graph=True)
-        r1 = grad.pow(2).flatten(1).sum(1).mean()
+        r1 = torch.zeros((), device=x0.device)
+        if with_r1:
+            (grad,) = torch.autograd.grad(real_logits.sum(), x_prev, create_graph=True)
+            r1 = grad.pow(2).flatten(1).sum(1).mean()
         fake_prev = self.denoise_step(self.generator, x_t, t)
         fake_logits = self.discriminator(fake_prev.detach(), x_t, t)
-        d_loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean() + self.config.r1_gamma / 2 * r1
+        r1_weight = self.config.r1_gamma / 2 * self.config.r1_every
+        d_loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean() + r1_weight * r1
         self.optimizers["discriminator"].zero_grad(set_to_none=True)
         d_loss.backward()
         self.optimizers["discriminator"].step()
@@ -141,13 +149,9 @@ class DDGAN(trilemma.GenerativeModel):
         self.update_ema()
         return {"d_loss": d_loss, "g_loss": g_loss, "r1": r1}
 
-    @torch.no_grad()
     def update_ema(self) -> None:
         self.ema_updates += 1
-        n = self.ema_updates.item()
-        decay = min(self.config.ema_decay, (1 + n) / (10 + n))
-        for ema_p, p in zip(self.ema.parameters(), self.generator.parameters(), strict=True):
-            ema_p.lerp_(p, 1 - decay)
+        update_ema(self.ema, self.generator, self.config.ema_decay, int(self.ema_updates))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         x = torch.randn(n, self.channels, 28, 28, generator=generator, device=self.device)

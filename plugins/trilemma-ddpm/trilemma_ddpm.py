@@ -219,6 +219,18 @@ class UNet(nn.Module):
 # --- the model -----------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, updates: int) -> None:
+    """ema ← d·ema + (1 − d)·model with d = min(decay, (1 + n)/(10 + n)) after n updates: the
+    warm-up lets early averages forget the random initialisation quickly. Buffers are copied."""
+    d = min(decay, (1 + updates) / (10 + updates))
+    for ema_p, p in zip(ema.parameters(), model.parameters(), strict=True):
+        ema_p.lerp_(p, 1 - d)
+    for ema_b, b in zip(ema.buffers(), model.buffers(), strict=True):
+        ema_b.copy_(b)
+
+
+
 @dataclass
 class DDPMConfig(trilemma.ModelConfig):
     timesteps: int = 1000
@@ -273,16 +285,9 @@ class DDPM(trilemma.GenerativeModel):
         self.update_ema()
         return {"loss": loss}
 
-    @torch.no_grad()
     def update_ema(self) -> None:
-        # Warm-up (as in common EMA implementations): early averages forget the random init fast.
         self.ema_updates += 1
-        n = self.ema_updates.item()
-        decay = min(self.config.ema_decay, (1 + n) / (10 + n))
-        for ema_p, p in zip(self.ema.parameters(), self.unet.parameters(), strict=True):
-            ema_p.lerp_(p, 1 - decay)
-        for ema_b, b in zip(self.ema.buffers(), self.unet.buffers(), strict=True):
-            ema_b.copy_(b)
+        update_ema(self.ema, self.unet, self.config.ema_decay, int(self.ema_updates))
 
     def _noise(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

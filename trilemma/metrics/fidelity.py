@@ -61,7 +61,12 @@ class MnistClassifierExtractor(FeatureExtractorBase):
         return tuple(found[name] for name in self.features_list)
 
 
-torch_fidelity.register_feature_extractor(MNIST_EXTRACTOR, MnistClassifierExtractor)
+def register_extractor() -> None:
+    """Register the classifier with torch-fidelity once, on first use (no import-time side effects)."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    if MNIST_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
+        torch_fidelity.register_feature_extractor(MNIST_EXTRACTOR, MnistClassifierExtractor)
 
 
 class ImageSet(torch.utils.data.Dataset):
@@ -98,6 +103,7 @@ def compute_fidelity(generated: torch.Tensor, real: torch.Tensor, *, extractor: 
     floats in [0, 1]). ``reference_name`` caches the real features under ``cache_dir``; it must
     identify the split, the extractor and its weights. ``metrics`` picks a subset; the columns of
     the others are NaN."""
+    register_extractor()
     n_gen, n_real = len(generated), len(real)
     dim = INCEPTION_FEATURE_DIM if extractor == INCEPTION_EXTRACTOR else FEATURE_DIM
     if min(n_gen, n_real) < 2:

@@ -1,0 +1,124 @@
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trilemma.cli import main
+from trilemma.errors import TrilemmaError
+from trilemma.plots import pareto_frontier
+from trilemma.report import aggregate, bootstrap_interval, comparison_table, render_run, render_runs
+
+MANIFEST = {
+    "dataset": "mnist", "preset": "quick", "seeds": [0, 1, 2], "device": {"type": "cpu", "name": "test cpu"},
+    "metrics": {"fidelity": {"extractor": "mnist-classifier", "extractor_sha256": "ab" * 32, "generated_samples": 1000,
+                             "real_samples": 10000, "input1": "generated samples", "input2": "real mnist test split"},
+                "coverage": {"samples": 1000, "protocol": "classes"}},
+    "versions": {"torch": "x"},
+}
+SAMPLERS = {"vae": {"default": 1}, "dcgan": {"default": 1}, "ddpm": {"ddpm-100": 100, "ddim-20": 20, "ddim-10": 10}}
+FID = {("vae", "default"): 60.0, ("dcgan", "default"): 30.0, ("ddpm", "ddpm-100"): 5.0, ("ddpm", "ddim-20"): 8.0,
+       ("ddpm", "ddim-10"): 35.0}
+
+
+def make_run(path, seeds=(0, 1, 2), fail=("dcgan", 2), offset=0.0, manifest=MANIFEST):
+    rng = np.random.default_rng(len(str(path)))
+    rows = []
+    for seed in seeds:
+        for model, samplers in SAMPLERS.items():
+            for sampler, nfe in samplers.items():
+                if (model, seed) == fail:
+                    rows.append({"model": model, "sampler": sampler, "seed": seed, "dataset": "mnist", "status": "failed",
+                                 "error": "RuntimeError: boom"})
+                    continue
+                shares = rng.dirichlet(np.ones(10) * 50)
+                rows.append({"model": model, "sampler": sampler, "seed": seed, "dataset": "mnist", "status": "ok",
+                             "error": "", "fid": FID[model, sampler] + offset + rng.normal(), "is_mean": 9 + rng.normal(),
+                             "nfe": nfe, "samples_per_s": 1000 / nfe, "ms_per_sample": nfe, "modes_covered": 10,
+                             "modes_total": 10, "kl_to_test": 0.01, "precision": 0.8, "recall": 0.7,
+                             **{f"class_share_{k}": shares[k] for k in range(10)}})
+    path.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path / "results.csv", index=False)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return pd.DataFrame(rows)
+
+
+def test_aggregates_match_numpy(tmp_path):
+    frame = make_run(tmp_path / "run")
+    summary = aggregate(frame).set_index(["model", "sampler"])
+    ok = frame[(frame.model == "ddpm") & (frame.sampler == "ddim-20")]
+    row = summary.loc[("ddpm", "ddim-20")]
+    assert row["n_seeds"] == 3 and row["fid"] == pytest.approx(ok["fid"].mean())
+    assert row["fid_std"] == pytest.approx(np.std(ok["fid"], ddof=1))
+    assert row["fid_ci_low"] <= row["fid"] <= row["fid_ci_high"]
+    dcgan = summary.loc[("dcgan", "default")]
+    assert dcgan["n_seeds"] == 2 and dcgan["failed"] == 1 and "boom" in dcgan["error"]
+    assert dcgan["fid"] == pytest.approx(frame[(frame.model == "dcgan") & (frame.status == "ok")]["fid"].mean())
+
+
+def test_bootstrap_interval_of_the_mean():
+    values = np.random.default_rng(1).normal(10, 2, size=200)
+    low, high = bootstrap_interval(values)
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))  # the normal approximation
+    assert low < values.mean() < high
+    assert (high - low) / 2 == pytest.approx(half, rel=0.15)
+    assert all(math.isnan(v) for v in bootstrap_interval([1.0]))
+
+
+def test_pareto_frontier():
+    frame = pd.DataFrame({"nfe": [1, 1, 10, 20, 100, 50], "fid": [60, 30, 35, 8, 5, 9]})
+    assert pareto_frontier(frame)[["nfe", "fid"]].values.tolist() == [[1, 30], [20, 8], [100, 5]]
+
+
+def test_report_has_every_model_failures_and_non_empty_pngs(tmp_path):
+    run = tmp_path / "run"
+    make_run(run)
+    (run / "samples").mkdir()
+    from torchvision.utils import save_image
+    import torch
+
+    save_image(torch.rand(4, 1, 28, 28), run / "samples" / "vae-default-seed0.png")
+    md = render_run(run).read_text()
+    for model in SAMPLERS:
+        assert f"| {model} |" in md
+    assert "RuntimeError: boom" in md and "1 failed" in md
+    assert " ± " in md  # three seeds: intervals shown
+    pngs = sorted((run / "plots").glob("*.png"))
+    assert [p.name for p in pngs] == ["class_histograms.png", "fid_vs_nfe.png", "trilemma.png"]
+    assert all(p.stat().st_size > 5000 for p in pngs)
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "<table" in html
+
+
+def test_pooling_seeds_from_several_runs(tmp_path):
+    make_run(tmp_path / "a", seeds=(0,), fail=None)
+    make_run(tmp_path / "b", seeds=(1,), fail=None)
+    render_runs([tmp_path / "a", tmp_path / "b"], out=tmp_path / "pooled")
+    summary = pd.read_csv(tmp_path / "pooled" / "summary.csv")
+    assert (summary["n_seeds"] == 2).all()
+
+
+def test_comparison_refuses_different_protocols_unless_forced(tmp_path, capsys):
+    make_run(tmp_path / "a", fail=None)
+    other = json.loads(json.dumps(MANIFEST))
+    other["metrics"]["fidelity"]["generated_samples"] = 10000
+    make_run(tmp_path / "b", fail=None, offset=2.0, manifest=other)
+    with pytest.raises(TrilemmaError, match="generated_samples: 1000 vs 10000"):
+        render_runs([tmp_path / "a", tmp_path / "b"], out=tmp_path / "c", compare=True)
+    assert main(["report", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 2
+    assert "add --force" in capsys.readouterr().err
+    assert main(["report", "--compare", "--force", str(tmp_path / "a"), str(tmp_path / "b"),
+                 "--out", str(tmp_path / "c")]) == 0
+    table = pd.read_csv(tmp_path / "c" / "comparison.csv")
+    assert len(table) == 5
+    row = table[(table.model == "ddpm") & (table.sampler == "ddim-20")].iloc[0]
+    assert row["fid Δ"] == pytest.approx(row["fid B"] - row["fid A"])
+
+
+def test_comparison_table_matches_rows_by_model_and_sampler(tmp_path):
+    a = make_run(tmp_path / "a", fail=None)
+    b = make_run(tmp_path / "b", fail=None, offset=1.0)
+    table = comparison_table(a, b).set_index(["model", "sampler"])
+    expected = b[b.model == "vae"]["fid"].mean() - a[a.model == "vae"]["fid"].mean()
+    assert table.loc[("vae", "default"), "fid Δ"] == pytest.approx(expected)

@@ -1,0 +1,130 @@
+"""The report's figures (matplotlib, Agg): sample-grid panels, class histograms, the trilemma
+chart, and FID against NFE with its Pareto frontier."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+DPI = 110
+
+
+def label(row: pd.Series) -> str:
+    return f"{row['model']}/{row['sampler']}"
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def pareto_frontier(frame: pd.DataFrame, x: str = "nfe", y: str = "fid") -> pd.DataFrame:
+    """Rows no other row beats on both ``x`` and ``y`` (lower is better on both), sorted by ``x``."""
+    points = frame.dropna(subset=[x, y]).sort_values([x, y])
+    keep, best = [], math.inf
+    for index, row in points.iterrows():
+        if row[y] < best:
+            keep.append(index)
+            best = row[y]
+    return points.loc[keep]
+
+
+def fid_vs_nfe(frame: pd.DataFrame, path: Path) -> Path | None:
+    """FID against NFE (log scale), every (model, sampler), the Pareto frontier marked."""
+    points = frame.dropna(subset=["nfe", "fid"])
+    if points.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    models = sorted(points["model"].unique())
+    colours = dict(zip(models, plt.cm.tab10(np.linspace(0, 1, 10))[: len(models)], strict=True))
+    for model in models:
+        rows = points[points["model"] == model].sort_values("nfe")
+        ax.plot(rows["nfe"], rows["fid"], "o-", color=colours[model], label=model, alpha=0.85, markersize=6)
+        for _, row in rows.iterrows():
+            text = row["model"] if row["sampler"] == "default" else row["sampler"]
+            ax.annotate(text, (row["nfe"], row["fid"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    frontier = pareto_frontier(points)
+    ax.step(frontier["nfe"], frontier["fid"], where="post", color="black", linestyle="--", linewidth=1,
+            label="Pareto frontier")
+    ax.scatter(frontier["nfe"], frontier["fid"], s=140, facecolors="none", edgecolors="black", linewidths=1.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("network function evaluations per sample (NFE, log scale)")
+    ax.set_ylabel("FID, MNIST-classifier features (lower is better)")
+    ax.set_title("Quality against sampling cost")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def trilemma_scores(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each axis in [0, 1], higher is better, relative to the rows of this report:
+    quality = best FID / FID; speed = log throughput rescaled from the slowest (0.05) to the
+    fastest (1); coverage = modes covered / modes total × exp(−KL to the real labels)."""
+    rows = frame.dropna(subset=["fid", "samples_per_s"]).copy()
+    rows["quality"] = rows["fid"].min() / rows["fid"]
+    log_speed = np.log10(rows["samples_per_s"])
+    spread = log_speed.max() - log_speed.min()
+    rows["speed"] = 0.05 + 0.95 * ((log_speed - log_speed.min()) / spread if spread > 0 else 1.0)
+    kl = rows["kl_to_test"].fillna(rows.get("kl_to_uniform", 0)).fillna(0)
+    rows["coverage"] = rows["modes_covered"] / rows["modes_total"] * np.exp(-kl)
+    return rows
+
+
+def trilemma_chart(frame: pd.DataFrame, path: Path) -> Path | None:
+    """A three-axis radar chart: quality, speed and coverage for each (model, sampler)."""
+    rows = trilemma_scores(frame)
+    if rows.empty:
+        return None
+    axes_names = ["quality\n(best FID / FID)", "speed\n(log samples/s, rescaled)", "coverage\n(modes share × e^−KL)"]
+    angles = np.linspace(0, 2 * np.pi, 3, endpoint=False).tolist()
+    fig, ax = plt.subplots(figsize=(6.5, 6), subplot_kw={"polar": True})
+    colours = plt.cm.tab10(np.linspace(0, 1, 10))
+    for i, (_, row) in enumerate(rows.iterrows()):
+        values = [row["quality"], row["speed"], row["coverage"]]
+        ax.plot(angles + angles[:1], values + values[:1], "o-", color=colours[i % 10], linewidth=1.5,
+                label=label(row), markersize=4)
+        ax.fill(angles + angles[:1], values + values[:1], color=colours[i % 10], alpha=0.06)
+    ax.set_xticks(angles)
+    ax.set_xticklabels(axes_names, fontsize=9)
+    ax.set_ylim(0, 1.05)
+    ax.set_yticks([0.25, 0.5, 0.75, 1.0])
+    ax.set_yticklabels(["0.25", "0.5", "0.75", "1"], fontsize=7)
+    ax.set_rlabel_position(180)
+    ax.set_title("The generative learning trilemma (outward is better on every axis)", fontsize=10, pad=20)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.05, 1.0), fontsize=8)
+    return _save(fig, path)
+
+
+def class_histograms(frame: pd.DataFrame, real_shares: list[float], path: Path) -> Path | None:
+    """Class shares of each (model, sampler)'s samples against the real test split."""
+    share_columns = [f"class_share_{k}" for k in range(10)]
+    rows = frame.dropna(subset=[c for c in share_columns if c in frame])
+    if rows.empty or not all(c in frame for c in share_columns):
+        return None
+    n = len(rows)
+    cols = min(3, n)
+    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(3.6 * cols, 2.6 * math.ceil(n / cols)),
+                             squeeze=False, sharey=True)
+    digits = np.arange(10)
+    for ax, (_, row) in zip(axes.flat, rows.iterrows(), strict=False):
+        ax.bar(digits, [100 * row[c] for c in share_columns], color="tab:blue", alpha=0.75, label="generated")
+        ax.plot(digits, [100 * s for s in real_shares], "k_", markersize=14, markeredgewidth=2, label="real (test)")
+        ax.set_title(f"{label(row)}: {int(row['modes_covered'])}/10 modes, KL {row['kl_to_test']:.3f}", fontsize=8)
+        ax.set_xticks(digits)
+        ax.set_xlabel("class (pinned classifier)", fontsize=8)
+        ax.set_ylabel("share of samples (%)", fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Class histograms of generated digits", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
