@@ -75,8 +75,8 @@ def test_report_has_every_model_failures_and_non_empty_pngs(tmp_path):
     run = tmp_path / "run"
     make_run(run)
     (run / "samples").mkdir()
-    from torchvision.utils import save_image
     import torch
+    from torchvision.utils import save_image
 
     save_image(torch.rand(4, 1, 28, 28), run / "samples" / "vae-default-seed0.png")
     md = render_run(run).read_text()

@@ -8,8 +8,9 @@ import html
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,8 @@ HEADLINE = [
     ("fid", "FID ↓", "{:.2f}"), ("is_mean", "IS ↑", "{:.2f}"), ("kid_mean", "KID ↓", "{:.4f}"),
     ("precision", "precision ↑", "{:.3f}"), ("recall", "recall ↑", "{:.3f}"), ("nfe", "NFE ↓", "{:g}"),
     ("ms_per_sample", "ms/sample ↓", "{:.3g}"), ("samples_per_s", "samples/s ↑", "{:.4g}"),
-    ("modes_covered", "modes ↑", "{:g}"), ("kl_to_test", "KL ↓", "{:.3f}"),
+    ("modes_covered", "modes ↑", "{:g}"), ("kl_to_test", "KL to real ↓", "{:.3f}"),
+    ("kl_to_uniform", "KL to uniform ↓", "{:.3f}"),
     ("low_confidence_share", "low-conf. ↓", "{:.3f}"),
     ("train_seconds", "train s", "{:.0f}"), ("params", "params (all)", "{:,.0f}"),
     ("sampling_params", "params (sampling)", "{:,.0f}"),

@@ -43,8 +43,9 @@ def read_results(path: Path) -> pd.DataFrame:
 
 
 def ordered_columns(columns: Iterable[str]) -> list[str]:
+    """The stable columns first, in their order, then the others alphabetically."""
     columns = list(columns)
-    return [c for c in COLUMNS] + sorted(c for c in columns if c not in COLUMNS)
+    return [c for c in COLUMNS if c in columns] + sorted(c for c in columns if c not in COLUMNS)
 
 
 class ResultsTable:

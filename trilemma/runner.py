@@ -158,7 +158,7 @@ class Runner:
         dists = sorted({self.registries.models.provider(m).distribution for m in self.plans})
         self.manifest.update({
             "status": status,
-            "command": " ".join(sys.argv),
+            "commands": list(dict.fromkeys([*self.manifest.get("commands", []), " ".join(sys.argv)])),
             "dataset": self.dataset.name,
             "data_source": next(iter(self.data.values())).source if self.data else None,
             "device": {"type": self.device.type, "name": describe_device(self.device)},
