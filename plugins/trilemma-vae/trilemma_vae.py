@@ -63,7 +63,7 @@ class VAE(trilemma.GenerativeModel):
     data_channels = (1, 3)
     presets = {
         "smoke": {"config": {"filters": 8}},
-        "quick": {"budget": {"train_seconds": 90}},
+        "quick": {"budget": {"train_seconds": 180}},  # as long as the DCGAN
         "standard": {"budget": {"train_seconds": 180}},
     }
 
