@@ -23,3 +23,13 @@ def test_classifier_info_command(capsys):
     assert main(["classifier", "info"]) == 0
     out = capsys.readouterr().out
     assert "test accuracy 0.99" in out and "sha256" in out
+
+
+def test_each_load_is_its_own_module():
+    """torch-fidelity moves its extractor's module to the GPU in place; that must not move anyone else's."""
+    from trilemma.classifier import load_classifier
+
+    first, second = load_classifier(), load_classifier()
+    assert first is not second
+    first.head[1].weight.data.zero_()  # stands in for an in-place move or change
+    assert second.head[1].weight.abs().sum() > 0 and load_classifier().head[1].weight.abs().sum() > 0

@@ -82,31 +82,25 @@ def classifier_info() -> ClassifierInfo:
 
 
 @lru_cache(maxsize=4)
-def _load_cpu(path: str, expected_sha256: str) -> MnistClassifier:
+def _verified_state(path: str, expected_sha256: str) -> dict[str, torch.Tensor]:
     actual = file_sha256(Path(path))
     if actual != expected_sha256:
         raise TrilemmaError(
             f"classifier weights {path} have SHA-256 {actual[:12]}…, expected {expected_sha256[:12]}…; "
             "reinstall trilemma or run `trilemma classifier train`"
         )
-    model = MnistClassifier()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model.eval().requires_grad_(False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_classifier(device: torch.device | str = "cpu") -> MnistClassifier:
-    """The pinned classifier in eval mode, its weights checked against the recorded SHA-256."""
+    """A new instance of the pinned classifier on ``device``, in eval mode; the weights are read and
+    checked against the recorded SHA-256 once, and no caller shares (or moves) another's module."""
     path = asset_path(WEIGHTS_NAME)
     if not path.exists():
         raise TrilemmaError(f"classifier weights {path} missing: run `trilemma classifier train`")
-    model = _load_cpu(str(path), classifier_info().sha256)
-    return model if torch.device(device).type == "cpu" else _copy_to(model, device)
-
-
-def _copy_to(model: MnistClassifier, device: torch.device | str) -> MnistClassifier:
-    clone = MnistClassifier()
-    clone.load_state_dict(model.state_dict())
-    return clone.to(device).eval().requires_grad_(False)
+    model = MnistClassifier()
+    model.load_state_dict(_verified_state(str(path), classifier_info().sha256))
+    return model.to(device).eval().requires_grad_(False)
 
 
 @torch.no_grad()

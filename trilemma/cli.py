@@ -117,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not models:
         valid = ", ".join(registries.models.names()) or "none installed"
         raise TrilemmaError(f"name the models to run, or --all; installed: {valid}")
-    if args.all and args.dataset != "mnist" and args.dataset in registries.datasets:
+    if args.all and args.dataset in registries.datasets:  # --all: every model that takes this dataset
         channels = registries.datasets[args.dataset].channels
         models = [m for m in models if channels in registries.models[m].data_channels]
     out = args.out or Path("reports") / time.strftime("run-%Y%m%d-%H%M%S")

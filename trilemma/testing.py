@@ -17,7 +17,7 @@ import torch
 
 from trilemma.errors import TrilemmaError
 from trilemma.model import GenerativeModel, ModelConfig
-from trilemma.sampling import NFECounter, check_samples
+from trilemma.sampling import draw
 from trilemma.train import Budget, load_checkpoint, save_checkpoint, train
 
 
@@ -72,29 +72,24 @@ def check_model_contract(model_class: type[GenerativeModel], config: Mapping[str
         assert samplers, "samplers() must return at least one sampler"
         first = {}
         for name, sampler in samplers.items():
-            counter = NFECounter(networks)
-            model.eval()
-            with torch.no_grad(), counter.counting():
-                images = sampler(5, torch.Generator().manual_seed(1))
-            check_samples(images, 5, channels, f"sampler {name!r}")
-            nfe = counter.per_sample(5)
-            assert nfe > 0, f"sampler {name!r} never called its sampling_networks()"
+            # The harness's own sampling path: validation, no-grad, NFE counted by hooks.
+            drawn = draw(model, sampler, 5, batch_size=5, seed=1, where=f"sampler {name!r}")
+            assert drawn.nfe_per_sample > 0, f"sampler {name!r} never called its sampling_networks()"
             if expected_nfe and name in expected_nfe:
-                assert nfe == expected_nfe[name], f"sampler {name!r}: NFE {nfe}, expected {expected_nfe[name]}"
-            with torch.no_grad():
-                again = sampler(5, torch.Generator().manual_seed(1))
-            assert torch.allclose(images, again), f"sampler {name!r} is not deterministic given its generator"
-            first[name] = images
+                assert drawn.nfe_per_sample == expected_nfe[name], \
+                    f"sampler {name!r}: NFE {drawn.nfe_per_sample}, expected {expected_nfe[name]}"
+            again = draw(model, sampler, 5, batch_size=5, seed=1, where=f"sampler {name!r}")
+            assert torch.allclose(drawn.images, again.images), \
+                f"sampler {name!r} is not deterministic given its generator"
+            first[name] = drawn.images
 
         save_checkpoint(ckpt, model, steps, 0.0, done=True)
         torch.manual_seed(123)
         clone = model_class(cfg, channels=channels)
         clone.optimizers = clone.configure_optimizers()
         load_checkpoint(ckpt, clone)
-        clone.eval()
         for name, sampler in clone.samplers().items():
-            with torch.no_grad():
-                images = sampler(5, torch.Generator().manual_seed(1))
+            images = draw(clone, sampler, 5, batch_size=5, seed=1, where=f"sampler {name!r}").images
             assert torch.allclose(images, first[name], atol=1e-5), f"sampler {name!r} differs after checkpoint load"
     return model
 
