@@ -55,3 +55,28 @@ def test_the_last_step_is_the_generators_x0():
         stepped = model.denoise_step(model.ema, x_t, t, g1)
         z = torch.randn(3, model.config.latent_dim, generator=g2)
         assert torch.allclose(stepped, model.ema(x_t, t, z), atol=1e-6)  # posterior at t = 1 is x̂_0
+
+
+def test_minibatch_stddev_channel_measures_sample_diversity():
+    from trilemma_ddgan import minibatch_stddev
+
+    alike = torch.ones(8, 3, 7, 7)
+    varied = torch.randn(8, 3, 7, 7)
+    out_alike, out_varied = minibatch_stddev(alike, 4), minibatch_stddev(varied, 4)
+    assert out_alike.shape == (8, 4, 7, 7)
+    assert torch.equal(out_alike[:, :3], alike)
+    assert out_alike[:, 3].max() < 1e-3 and out_varied[:, 3].min() > 0.5
+    assert minibatch_stddev(torch.randn(3, 2, 7, 7), 4).shape == (3, 3, 7, 7)  # batch not a multiple of the group
+
+
+def test_the_latent_changes_the_generators_output():
+    torch.manual_seed(0)
+    model = DDGAN(DDGAN.Config(**SMALL))
+    x_t, t = torch.randn(2, 1, 28, 28), torch.tensor([3, 3])
+    with torch.no_grad():
+        for block in model.generator.modules():  # AdaGN starts near identity; make its effect visible
+            if getattr(block, "adagn", None) is not None:
+                torch.nn.init.normal_(block.adagn.weight)
+        a = model.generator(x_t, t, torch.randn(2, 8))
+        b = model.generator(x_t, t, torch.randn(2, 8))
+    assert (a - b).abs().mean() > 1e-3
