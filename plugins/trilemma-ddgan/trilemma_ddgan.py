@@ -99,7 +99,7 @@ class DDGAN(trilemma.GenerativeModel):
     presets = {
         "smoke": {"config": {"base_channels": 8, "disc_width": 8, "latent_dim": 8}},
         # A light generator (8/16/32 channels at 28/14/7 pixels) and batch 32, so that a 2-core CPU
-        # takes about 3,000 steps (0.08–0.12 s a step there, against 0.26 s for 8/32/64 at batch 64).
+        # takes about 3,000 steps in 360 s (0.08–0.14 s a step measured there; 0.26 s for 8/32/64 at batch 64).
         # At lr 5e-4/4e-4 seed 1 dropped the digit 1 (0.1% of samples); at half that it kept 10/10.
         "quick": {"config": {"base_channels": 8, "channel_mults": (1, 2, 4), "disc_width": 32, "lr_g": 2.5e-4,
                              "lr_d": 2e-4, "ema_decay": 0.995},
