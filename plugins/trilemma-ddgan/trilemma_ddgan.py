@@ -53,6 +53,8 @@ class Discriminator(nn.Module):
 
     def __init__(self, channels: int, width: int, stddev_group: int = 0) -> None:
         super().__init__()
+        if stddev_group < 0:
+            raise ValueError(f"stddev_group must be 0 (off) or a group size, got {stddev_group}")
         self.width = width
         self.stddev_group = stddev_group
         self.time_mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.LeakyReLU(0.2))

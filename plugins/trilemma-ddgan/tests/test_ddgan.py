@@ -67,6 +67,8 @@ def test_minibatch_stddev_channel_measures_sample_diversity():
     assert torch.equal(out_alike[:, :3], alike)
     assert out_alike[:, 3].max() < 1e-3 and out_varied[:, 3].min() > 0.5
     assert minibatch_stddev(torch.randn(3, 2, 7, 7), 4).shape == (3, 3, 7, 7)  # batch not a multiple of the group
+    with pytest.raises(ValueError, match="stddev_group"):
+        DDGAN(DDGAN.Config(**SMALL, disc_stddev_group=-1))
 
 
 def test_the_latent_changes_the_generators_output():
