@@ -38,7 +38,7 @@ bench: setup
 	$(BIN)/python -m pytest tests -q -o python_files='bench_*.py' -m '' --benchmark-only
 
 lint: setup
-	$(BIN)/ruff check trilemma tests plugins
+	$(BIN)/ruff check trilemma tests plugins examples
 
 clean:
 	rm -rf $(VENV) .tox

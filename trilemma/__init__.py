@@ -1,19 +1,40 @@
-"""trilemma: benchmark generative models on sample quality, sampling speed and mode coverage."""
+"""trilemma: benchmark generative models on sample quality, sampling speed and mode coverage.
 
+What a plugin author needs is exported here; ``docs/plugin-hooks.md`` documents the hooks.
+"""
+
+from trilemma.data import Split
 from trilemma.datasets import Dataset
 from trilemma.errors import TrilemmaError
+from trilemma.execute import CellOutcome, ExecutionSettings
+from trilemma.executors import Executor, Job
 from trilemma.hookspecs import hookimpl, hookspec
 from trilemma.metrics import EvalContext, Metric
-from trilemma.model import GenerativeModel, ModelConfig
-from trilemma.plugins import collect, get_plugin_manager
+from trilemma.model import GenerativeModel, ModelConfig, Sampler
+from trilemma.plan import Cell
+from trilemma.plugins import Registries, collect, get_plugin_manager
+from trilemma.presets import Preset
+from trilemma.sampling import Samples
+from trilemma.settings import Setting
 
 __version__ = "0.1.0"
 __all__ = [
+    "Cell",
+    "CellOutcome",
     "Dataset",
     "EvalContext",
+    "ExecutionSettings",
+    "Executor",
     "GenerativeModel",
+    "Job",
     "Metric",
     "ModelConfig",
+    "Preset",
+    "Registries",
+    "Sampler",
+    "Samples",
+    "Setting",
+    "Split",
     "TrilemmaError",
     "collect",
     "get_models",

@@ -8,9 +8,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trilemma.errors import TrilemmaError
 from trilemma.presets import PRESET_CHOICES
+
+if TYPE_CHECKING:
+    from trilemma.plugins import Registries
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -34,7 +38,26 @@ def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, str]]:
     return overrides
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_setting_flags(parser: argparse.ArgumentParser, registries: Registries) -> dict[str, tuple[str, str]]:
+    """One flag per setting the registered metrics declare; returns argparse dest → (metric, setting)."""
+    dests = {}
+    for entry in registries.metrics.entries():
+        for setting in entry.item.settings:
+            dest = f"setting:{entry.name}:{setting.name}"
+            try:
+                parser.add_argument(setting.flag_for(entry.name), dest=dest, type=setting.parse, default=None,
+                                    metavar=setting.name.upper(),
+                                    help=f"{setting.help} (metric {entry.name}, {entry.provider})")
+            except argparse.ArgumentError as exc:
+                print(f"warning: metric {entry.name} ({entry.provider}): setting {setting.name} not available: {exc}",
+                      file=sys.stderr)
+                continue
+            dests[dest] = (entry.name, setting.name)
+    return dests
+
+
+def build_parser(registries: Registries | None = None) -> argparse.ArgumentParser:
+    """The command line; with ``registries``, ``run`` also takes every metric's declared settings."""
     parser = OneLineParser(prog="trilemma", description="Benchmark generative models on quality, speed and coverage.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
@@ -56,10 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="skip (model, seed) pairs already finished in --out")
     run.add_argument("--steps", type=int, help="override the preset's training steps for every model")
     run.add_argument("--train-seconds", type=float, help="override the preset's training time for every model")
-    run.add_argument("--inception-weights", type=Path, help="Inception-v3 weights (torch-fidelity's format) "
-                     "for Inception FID/IS/KID; skipped when absent")
+    run.add_argument("--executor", default="local", help="how cells run (default local, in this process)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
+    run.set_defaults(setting_dests=add_setting_flags(run, registries) if registries is not None else {})
 
     report = sub.add_parser("report", help="render report.md / report.html for run directories")
     report.add_argument("runs", nargs="+", type=Path, help="run directories; several are pooled (seeds aggregated)")
@@ -79,12 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_list() -> int:
-    from trilemma.plugins import collect
-
-    registries = collect()
+def cmd_list(registries: Registries) -> int:
     for title, registry in (("models", registries.models), ("metrics", registries.metrics),
-                            ("datasets", registries.datasets)):
+                            ("datasets", registries.datasets), ("executors", registries.executors)):
         print(f"{title}:")
         if not len(registry):
             print("  (none)")
@@ -97,18 +117,25 @@ def cmd_list() -> int:
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from trilemma.plugins import collect
-    from trilemma.runner import Runner, RunOptions
+def metric_settings(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """The metric settings given on the command line, by metric."""
+    given: dict[str, dict[str, object]] = {}
+    for dest, (metric, name) in args.setting_dests.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            given.setdefault(metric, {})[name] = value
+    return given
+
+
+def cmd_run(args: argparse.Namespace, registries: Registries) -> int:
+    from trilemma.plan import RunRequest
+    from trilemma.runner import run
 
     if args.seeds is not None and args.seeds < 1:
         raise TrilemmaError("--seeds must be at least 1")
     seeds = list(args.seed_list or []) + (list(range(args.seeds)) if args.seeds else [])
     seeds = list(dict.fromkeys(seeds)) or [0]
     overrides = parse_overrides(args.overrides)
-    if args.inception_weights is not None and not args.inception_weights.is_file():
-        raise TrilemmaError(f"--inception-weights {args.inception_weights}: no such file")
-    registries = collect()
     for broken in registries.broken.values():
         print(f"warning: plugin {broken.name} ({broken.distribution}) is broken: {broken.error}", file=sys.stderr)
     if args.all and args.models:
@@ -121,13 +148,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         channels = registries.datasets[args.dataset].channels
         models = [m for m in models if channels in registries.models[m].data_channels]
     out = args.out or Path("reports") / time.strftime("run-%Y%m%d-%H%M%S")
-    options = RunOptions(models=models, preset=args.preset, seeds=seeds, overrides=overrides, out_dir=out,
+    request = RunRequest(models=models, preset=args.preset, seeds=seeds, overrides=overrides, out_dir=out,
                          device=args.device, dataset=args.dataset, data_dir=args.data_dir, resume=args.resume,
-                         progress=not args.no_progress, train_steps=args.steps, train_seconds=args.train_seconds,
-                         metric_options={"inception_weights": args.inception_weights, "verbose": args.verbose})
-    runner = Runner(options, registries)
+                         progress=not args.no_progress, verbose=args.verbose, train_steps=args.steps,
+                         train_seconds=args.train_seconds, metric_settings=metric_settings(args),
+                         executor=args.executor)
     try:
-        failed = runner.run()
+        failed = run(request, registries)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished rows are in {out / 'results.csv'}; add --resume to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -165,12 +192,18 @@ def cmd_classifier(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    registries = None
+    if argv[:1] in (["run"], ["list"]):
+        from trilemma.plugins import collect
+
+        registries = collect()
+    args = build_parser(registries).parse_args(argv)
     try:
         if args.command == "list":
-            return cmd_list()
+            return cmd_list(registries)
         if args.command == "run":
-            return cmd_run(args)
+            return cmd_run(args, registries)
         if args.command == "report":
             return cmd_report(args)
         return cmd_classifier(args)

@@ -1,8 +1,9 @@
-"""The hooks a trilemma plugin implements.
+"""The hooks a trilemma plugin implements (documented in full in ``docs/plugin-hooks.md``).
 
-Each hook receives a validating ``register`` callable and returns nothing. The harness calls a
-plugin's hooks one plugin at a time, so every registered item knows which distribution
-provided it, and a plugin whose hook raises is reported as broken without stopping the rest.
+Each hook receives a validating ``register`` callable and returns nothing. The harness calls
+each plugin's implementation on its own, through pluggy (``subset_hook_caller``), so every
+registered item knows which distribution provided it, and a plugin whose hook raises is reported
+as broken without stopping the rest.
 """
 
 from __future__ import annotations
@@ -31,3 +32,9 @@ def register_metrics(register: Callable[..., None]) -> None:
 @hookspec
 def register_datasets(register: Callable[..., None]) -> None:
     """Register datasets: ``register(dataset)``, a ``trilemma.Dataset`` instance."""
+
+
+@hookspec
+def register_executors(register: Callable[..., None]) -> None:
+    """Register executors: ``register(executor)``, a ``trilemma.Executor`` instance that runs the
+    cells of a run (``trilemma run --executor NAME``)."""

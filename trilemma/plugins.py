@@ -23,6 +23,7 @@ BUILTIN_MODULES = (
     "trilemma.metrics.speed",
     "trilemma.metrics.fidelity",
     "trilemma.metrics.coverage",
+    "trilemma.executors",
 )
 
 
@@ -98,28 +99,36 @@ def get_plugin_manager(extra_plugins: dict[str, object] | None = None) -> Plugin
 
 @dataclass
 class Registries:
+    """Everything the plugins registered, by kind, and the plugins that broke."""
+
     models: Registry
     metrics: Registry
     datasets: Registry
+    executors: Registry
     broken: dict[str, BrokenPlugin]
     plugin_manager: PluginManager
 
 
 def _fill(pm: PluginManager, hook_name: str, registry: Registry) -> None:
-    hook = getattr(pm.hook, hook_name)
-    for impl in hook.get_hookimpls():  # registration order
-        if impl.plugin_name in pm.broken:
+    """Call ``hook_name`` of one plugin at a time, in registration order (built-ins first), through
+    pluggy's hook caller restricted to that plugin, so each registration is attributed to its
+    plugin and a plugin that raises is marked broken while the others go on."""
+    plugins = [name for name, _ in pm.list_name_plugin()]
+    implementers = {impl.plugin_name for impl in getattr(pm.hook, hook_name).get_hookimpls()}
+    for name in plugins:
+        if name not in implementers or name in pm.broken:
             continue
+        others = [pm.get_plugin(other) for other in plugins if other != name]
         try:
-            impl.function(register=registry.bound(pm.providers[impl.plugin_name]))
+            pm.subset_hook_caller(hook_name, remove_plugins=others)(register=registry.bound(pm.providers[name]))
         except Exception as exc:
-            dist = pm.providers[impl.plugin_name].distribution
-            pm.mark_broken(impl.plugin_name, dist, exc)
+            pm.mark_broken(name, pm.providers[name].distribution, exc)
 
 
 def collect(pm: PluginManager | None = None) -> Registries:
     """Call every plugin's hooks, one plugin at a time, into validating registries."""
     from trilemma.datasets import Dataset
+    from trilemma.executors import Executor
     from trilemma.metrics import Metric
     from trilemma.model import GenerativeModel
 
@@ -139,10 +148,12 @@ def collect(pm: PluginManager | None = None) -> Registries:
         models=Registry("model", model_problem, lambda m: m.name),
         metrics=Registry("metric", instance_of(Metric), lambda m: m.name),
         datasets=Registry("dataset", instance_of(Dataset), lambda d: d.name),
+        executors=Registry("executor", instance_of(Executor), lambda e: e.name),
         broken=pm.broken,
         plugin_manager=pm,
     )
     _fill(pm, "register_datasets", registries.datasets)
     _fill(pm, "register_metrics", registries.metrics)
     _fill(pm, "register_models", registries.models)
+    _fill(pm, "register_executors", registries.executors)
     return registries

@@ -17,7 +17,7 @@ import pandas as pd
 
 from trilemma.data import TEST_LABEL_COUNTS
 from trilemma.errors import TrilemmaError
-from trilemma.results import MANIFEST_NAME, RESULTS_NAME, atomic_write_text, ordered_columns, read_results, write_json
+from trilemma.rundir import RunDirectory
 
 # (column, title, format); arrows say which direction is better.
 HEADLINE = [
@@ -43,12 +43,8 @@ PROTOCOL_FIELDS = [
 # --- loading and aggregation ------------------------------------------------------------------
 
 def load_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    results = Path(run_dir) / RESULTS_NAME
-    if not results.exists():
-        raise TrilemmaError(f"{run_dir}: no {RESULTS_NAME}; is it a trilemma run directory?")
-    manifest_path = Path(run_dir) / MANIFEST_NAME
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    return read_results(results), manifest
+    directory = RunDirectory(run_dir)
+    return directory.read_results(), directory.read_manifest()
 
 
 def bootstrap_interval(values: Sequence[float], level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
@@ -166,18 +162,18 @@ def protocol_lines(manifest: dict[str, Any]) -> list[str]:
 
 # --- figures ----------------------------------------------------------------------------------
 
-def render_figures(frame: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, dataset: str) -> dict[str, Path]:
+def render_figures(frame: pd.DataFrame, summary: pd.DataFrame, out: RunDirectory, dataset: str) -> dict[str, Path]:
     from trilemma import plots
 
     ok = summary[summary["n_seeds"] > 0]
     figures = {
-        "trilemma chart": plots.trilemma_chart(ok, out_dir / "plots" / "trilemma.png"),
-        "FID vs NFE": plots.fid_vs_nfe(ok, out_dir / "plots" / "fid_vs_nfe.png"),
+        "trilemma chart": plots.trilemma_chart(ok, out.plot("trilemma")),
+        "FID vs NFE": plots.fid_vs_nfe(ok, out.plot("fid_vs_nfe")),
     }
     if dataset == "mnist":
         total = sum(TEST_LABEL_COUNTS)
         figures["class histograms"] = plots.class_histograms(ok, [c / total for c in TEST_LABEL_COUNTS],
-                                                             out_dir / "plots" / "class_histograms.png")
+                                                             out.plot("class_histograms"))
     return {name: path for name, path in figures.items() if path is not None}
 
 
@@ -185,7 +181,7 @@ def sample_grids(run_dirs: Sequence[Path], frame: pd.DataFrame) -> dict[str, Pat
     grids = {}
     for model, sampler in dict.fromkeys(zip(frame["model"], frame["sampler"], strict=True)):
         for run_dir in run_dirs:
-            found = sorted((Path(run_dir) / "samples").glob(f"{model}-{sampler}-seed*.png"))
+            found = RunDirectory(run_dir).sample_grids(model, sampler)
             if found:
                 grids[f"{model}/{sampler}"] = found[0]
                 break
@@ -198,7 +194,7 @@ def _image_md(path: Path, base: Path) -> str:
     return f"![{path.stem}]({path.relative_to(base) if path.is_relative_to(base) else path})"
 
 
-def write_documents(out_dir: Path, title: str, summary: pd.DataFrame, manifests: list[dict[str, Any]],
+def write_documents(out: RunDirectory, title: str, summary: pd.DataFrame, manifests: list[dict[str, Any]],
                     figures: dict[str, Path], grids: dict[str, Path], extra_md: str = "") -> Path:
     table = headline_table(summary)
     failures = summary[summary["failed"] > 0]
@@ -212,12 +208,11 @@ def write_documents(out_dir: Path, title: str, summary: pd.DataFrame, manifests:
     md += ["## Protocol", ""]
     for manifest in manifests:
         md += protocol_lines(manifest) + [""]
-    md += ["## Figures", ""] + [f"### {name}\n\n{_image_md(path, out_dir)}\n" for name, path in figures.items()]
-    md += ["## Samples", ""] + [f"### {name}\n\n{_image_md(path, out_dir)}\n" for name, path in grids.items()]
-    md_path = out_dir / "report.md"
-    atomic_write_text(md_path, "\n".join(md))
-    atomic_write_text(out_dir / "report.html", _html(title, table, failures, manifests, figures, grids, extra_md))
-    return md_path
+    md += ["## Figures", ""] + [f"### {name}\n\n{_image_md(path, out.root)}\n" for name, path in figures.items()]
+    md += ["## Samples", ""] + [f"### {name}\n\n{_image_md(path, out.root)}\n" for name, path in grids.items()]
+    out.write_text(out.report_md, "\n".join(md))
+    out.write_text(out.report_html, _html(title, table, failures, manifests, figures, grids, extra_md))
+    return out.report_md
 
 
 def _embed(path: Path) -> str:
@@ -258,8 +253,9 @@ def render_run(run_dir: Path) -> Path:
     """Write ``report.md``, ``report.html`` and the plots of one run directory."""
     frame, manifest = load_run(run_dir)
     summary = aggregate(frame)
-    figures = render_figures(frame, summary, Path(run_dir), manifest.get("dataset", "mnist"))
-    return write_documents(Path(run_dir), f"trilemma run `{Path(run_dir).name}`", summary, [manifest], figures,
+    out = RunDirectory(run_dir)
+    figures = render_figures(frame, summary, out, manifest.get("dataset", "mnist"))
+    return write_documents(out, f"trilemma run `{out.root.name}`", summary, [manifest], figures,
                            sample_grids([run_dir], frame))
 
 
@@ -291,18 +287,18 @@ def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool =
     loaded = [load_run(r) for r in run_dirs]
     manifests = [m for _, m in loaded]
     _check_protocols(run_dirs, manifests, force)
-    out = Path(out) if out else Path("reports") / time.strftime("combined-%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
+    out = RunDirectory(out if out else Path("reports") / time.strftime("combined-%Y%m%d-%H%M%S"))
+    out.root.mkdir(parents=True, exist_ok=True)
     if compare:
         if len(run_dirs) != 2:
             raise TrilemmaError("--compare takes exactly two run directories")
         path = _render_comparison(run_dirs, loaded, out)
     else:
         frame = pd.concat([f.assign(run=str(r)) for (f, _), r in zip(loaded, run_dirs, strict=True)], ignore_index=True)
-        atomic_write_text(out / RESULTS_NAME, frame[ordered_columns(frame.columns)].to_csv(index=False))
-        write_json(out / MANIFEST_NAME, {"combined_from": [str(r) for r in run_dirs], "runs": manifests})
+        out.write_results(frame)
+        out.write_manifest({"combined_from": [str(r) for r in run_dirs], "runs": manifests})
         summary = aggregate(frame)
-        atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
+        out.write_text(out.file("summary.csv"), summary.to_csv(index=False))
         figures = render_figures(frame, summary, out, manifests[0].get("dataset", "mnist"))
         path = write_documents(out, f"trilemma: {len(run_dirs)} runs pooled", summary, manifests, figures,
                                sample_grids(run_dirs, frame))
@@ -328,9 +324,9 @@ def comparison_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def _render_comparison(run_dirs: Sequence[Path], loaded: list[tuple[pd.DataFrame, dict]], out: Path) -> Path:
+def _render_comparison(run_dirs: Sequence[Path], loaded: list[tuple[pd.DataFrame, dict]], out: RunDirectory) -> Path:
     table = comparison_table(loaded[0][0], loaded[1][0])
-    atomic_write_text(out / "comparison.csv", table.to_csv(index=False))
+    out.write_text(out.file("comparison.csv"), table.to_csv(index=False))
     shown = table.copy()
     for column in shown.columns[2:]:
         shown[column] = [_fmt(v, "{:+.4g}" if column.endswith("Δ") else "{:.4g}") for v in shown[column]]
@@ -338,12 +334,11 @@ def _render_comparison(run_dirs: Sequence[Path], loaded: list[tuple[pd.DataFrame
           "## Protocol", ""]
     for name, (_, manifest) in zip("AB", loaded, strict=True):
         md += [f"### {name}", *protocol_lines(manifest), ""]
-    path = out / "report.md"
-    atomic_write_text(path, "\n".join(md))
-    atomic_write_text(out / "report.html",
-                      f"<!doctype html><meta charset='utf-8'><title>comparison</title><h1>{html.escape(md[0][2:])}</h1>"
-                      f"<p>Δ = B − A.</p>{shown.to_html(index=False, border=1)}")
-    return path
+    out.write_text(out.report_md, "\n".join(md))
+    out.write_text(out.report_html,
+                   f"<!doctype html><meta charset='utf-8'><title>comparison</title><h1>{html.escape(md[0][2:])}</h1>"
+                   f"<p>Δ = B − A.</p>{shown.to_html(index=False, border=1)}")
+    return out.report_md
 
 
 def print_summary(run_dir: Path) -> None:

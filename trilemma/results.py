@@ -1,13 +1,10 @@
-"""The results table (one row per model, sampler and seed) and the run manifest, written
-atomically after every row so an interrupted run keeps what finished."""
+"""The results table's format: one row per (model, sampler, seed), its stable columns, and how
+rows are kept in memory. Where the table lives on disk is the run directory's business."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -20,26 +17,9 @@ COLUMNS = [
     "modes_covered", "modes_total", "kl_to_test", "kl_to_uniform", "low_confidence_share",
     "train_seconds", "train_steps", "images_seen", "params", "peak_mem_bytes", "config_hash",
 ]
+TEXT_COLUMNS = ("model", "sampler", "dataset", "status", "error", "config_hash")
 KEY = ["model", "sampler", "seed"]
 OK, FAILED = "ok", "failed"
-RESULTS_NAME, MANIFEST_NAME = "results.csv", "manifest.json"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def read_results(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, dtype={"error": object, "status": object})
-    if "error" in frame:
-        frame["error"] = frame["error"].fillna("")
-    return frame
 
 
 def ordered_columns(columns: Iterable[str]) -> list[str]:
@@ -48,38 +28,36 @@ def ordered_columns(columns: Iterable[str]) -> list[str]:
     return [c for c in COLUMNS if c in columns] + sorted(c for c in columns if c not in COLUMNS)
 
 
+def rows_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows as a frame with every stable column present, in the stable order."""
+    frame = pd.DataFrame(rows)
+    for column in COLUMNS:
+        if column not in frame:
+            frame[column] = "" if column in TEXT_COLUMNS else math.nan
+    return frame[ordered_columns(frame.columns)]
+
+
 class ResultsTable:
-    """``results.csv`` in a run directory, kept in memory and rewritten atomically per row."""
+    """The rows of a run in memory; a cell (model, seed) is replaced as a whole."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / RESULTS_NAME
-        self.rows: list[dict[str, Any]] = []
-        if self.path.exists():
-            self.rows = read_results(self.path).to_dict("records")
+    def __init__(self, rows: list[dict[str, Any]] | None = None) -> None:
+        self.rows: list[dict[str, Any]] = list(rows or [])
 
-    def _key(self, row: dict[str, Any]) -> tuple:
-        return (str(row["model"]), str(row["sampler"]), int(row["seed"]))
+    @staticmethod
+    def _cell(row: dict[str, Any]) -> tuple[str, int]:
+        return str(row["model"]), int(row["seed"])
 
-    def upsert(self, row: dict[str, Any]) -> None:
-        key = self._key(row)
-        self.rows = [r for r in self.rows if self._key(r) != key] + [row]
-        self.write()
-
-    def drop(self, model: str, seed: int) -> None:
-        self.rows = [r for r in self.rows if not (r["model"] == model and int(r["seed"]) == seed)]
+    def replace_cell(self, model: str, seed: int, rows: list[dict[str, Any]]) -> None:
+        """Drop the rows of (model, seed) and add ``rows`` in their place."""
+        self.rows = [r for r in self.rows if self._cell(r) != (model, seed)] + list(rows)
 
     def finished(self, model: str, seed: int) -> bool:
         """True when (model, seed) has rows and all of them succeeded."""
-        rows = [r for r in self.rows if r["model"] == model and int(r["seed"]) == seed]
+        rows = [r for r in self.rows if self._cell(r) == (model, seed)]
         return bool(rows) and all(r["status"] == OK for r in rows)
 
-    def frame(self) -> pd.DataFrame:
-        frame = pd.DataFrame(self.rows)
-        for column in COLUMNS:
-            if column not in frame:
-                frame[column] = "" if column in ("error", "status", "model", "sampler", "dataset") else math.nan
-        return frame[ordered_columns(frame.columns)]
+    def failed_count(self) -> int:
+        return sum(1 for r in self.rows if r["status"] != OK)
 
-    def write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, self.frame().to_csv(index=False))
+    def frame(self) -> pd.DataFrame:
+        return rows_frame(self.rows)

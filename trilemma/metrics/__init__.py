@@ -5,10 +5,10 @@ Built-in metrics register through ``register_metrics`` exactly as a plugin's wou
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -17,6 +17,7 @@ from trilemma.datasets import Dataset
 from trilemma.model import GenerativeModel, Sampler
 from trilemma.presets import Preset
 from trilemma.sampling import Samples
+from trilemma.settings import Setting
 
 
 @dataclass
@@ -34,15 +35,17 @@ class EvalContext:
     preset: Preset
     seed: int
     cache_dir: Path
-    options: dict[str, Any] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)  # this metric's declared settings
     log: Callable[[str], None] = print
 
 
 class Metric:
     """Base class of a metric. ``compute`` returns report columns; ``protocol`` describes how
-    they were computed (it goes into the manifest)."""
+    they were computed (it goes into the manifest). ``settings`` declares the options the metric
+    takes: each becomes a ``trilemma run`` flag, and its value reaches ``ctx.settings``."""
 
     name: str = ""
+    settings: ClassVar[tuple[Setting, ...]] = ()
 
     def applies_to(self, dataset: Dataset) -> bool:
         return True

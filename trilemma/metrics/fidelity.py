@@ -23,6 +23,7 @@ from trilemma.classifier import FEATURE_DIM, classifier_info, load_classifier
 from trilemma.errors import TrilemmaError
 from trilemma.hookspecs import hookimpl
 from trilemma.metrics import EvalContext, Metric
+from trilemma.settings import Setting, existing_file
 
 MNIST_EXTRACTOR = "mnist-classifier"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
@@ -144,6 +145,13 @@ class FidelityMetric(Metric):
 
     name = "fidelity"
     reference_split = "test"
+    settings = (
+        Setting("inception_weights", parse=Path, flag="--inception-weights", check=existing_file,
+                help="Inception-v3 weights (torch-fidelity's format) for Inception FID/IS/KID; skipped when absent"),
+    )
+
+    def __init__(self) -> None:
+        self._told_no_inception = False
 
     def applies_to(self, dataset) -> bool:
         return dataset.channels == 1
@@ -157,11 +165,11 @@ class FidelityMetric(Metric):
                                                 MNIST_EXTRACTOR, info.sha256),
             cache_dir=ctx.cache_dir,
         )
-        weights = inception_weights(ctx.options.get("inception_weights"))
+        weights = inception_weights(ctx.settings.get("inception_weights"))
         if weights is None:
-            if not ctx.options.get("_inception_notice"):
+            if not self._told_no_inception:
                 ctx.log("Inception-v3 weights not found (--inception-weights PATH): Inception FID/IS/KID skipped")
-                ctx.options["_inception_notice"] = True
+                self._told_no_inception = True
             return row
         from trilemma.classifier import file_sha256
 
@@ -178,7 +186,7 @@ class FidelityMetric(Metric):
 
     def protocol(self, ctx: EvalContext) -> dict[str, Any]:
         info = classifier_info()
-        weights = inception_weights(ctx.options.get("inception_weights"))
+        weights = inception_weights(ctx.settings.get("inception_weights"))
         return {
             "library": f"torch-fidelity {torch_fidelity.__version__}",
             "input1": "generated samples", "input2": f"real {ctx.dataset.name} {self.reference_split} split",

@@ -1,0 +1,87 @@
+"""Evaluating one sampler of a trained model: draw the samples once, save a grid, run every metric."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trilemma.data import Split
+from trilemma.datasets import Dataset
+from trilemma.metrics import EvalContext, Metric
+from trilemma.model import GenerativeModel, Sampler
+from trilemma.presets import Preset
+from trilemma.sampling import draw
+
+
+class MetricsFailed(RuntimeError):
+    """Some metrics failed; ``partial`` holds the columns the others computed, ``protocols``
+    their descriptions."""
+
+    def __init__(self, message: str, partial: dict[str, Any], protocols: dict[str, dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.partial = partial
+        self.protocols = protocols
+
+
+@dataclass
+class Evaluation:
+    """The columns of one row and how each metric computed them."""
+
+    columns: dict[str, Any]
+    protocols: dict[str, dict[str, Any]]
+
+
+def save_grid(images: torch.Tensor, path: Path) -> None:
+    """The first samples as an 8-wide grid PNG (the report embeds it)."""
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, path, nrow=8, padding=2, pad_value=0.5)
+
+
+def evaluate_sampler(model: GenerativeModel, model_name: str, sampler_name: str, sampler: Sampler, *,
+                     metrics: Mapping[str, Metric], metric_settings: Mapping[str, Mapping[str, Any]],
+                     dataset: Dataset, data: dict[str, Split], preset: Preset, seed: int, grid_path: Path,
+                     cache_dir: Path, progress: bool, log: Callable[[str], None]) -> Evaluation:
+    """Draw ``preset.eval_samples`` samples, save their grid, and compute every metric that applies
+    to ``dataset``. Raises ``MetricsFailed`` (with the other metrics' columns) if any metric fails."""
+    where = f"{model_name}/{sampler_name}"
+    samples = draw(model, sampler, preset.eval_samples, batch_size=preset.sample_batch_size,
+                   seed=seed, where=where, progress=progress)
+    save_grid(samples.images[:64], grid_path)
+    base = EvalContext(model=model, model_name=model_name, sampler_name=sampler_name, sampler=sampler,
+                       samples=samples, dataset=dataset, data=data, device=model.device, preset=preset, seed=seed,
+                       cache_dir=cache_dir, log=log)
+    columns: dict[str, Any] = {}
+    protocols: dict[str, dict[str, Any]] = {}
+    errors = []
+    for metric_name, metric in metrics.items():
+        if not metric.applies_to(dataset):
+            continue
+        ctx = replace(base, settings=metric_settings.get(metric_name, {}))
+        try:
+            columns.update(metric.compute(ctx))
+            protocols[metric_name] = metric.protocol(ctx)
+        except Exception as exc:
+            log(f"{where}: metric {metric_name} failed: {type(exc).__name__}: {exc}")
+            errors.append(f"metric {metric_name}: {type(exc).__name__}: {exc}")
+    log(f"{where} seed {seed}: " + ", ".join(summary(columns)))
+    if errors:
+        raise MetricsFailed("; ".join(errors), columns, protocols)
+    return Evaluation(columns, protocols)
+
+
+def summary(row: Mapping[str, Any]) -> list[str]:
+    """The few columns the console prints after each evaluation."""
+    shown = []
+    for key, fmt in (("fid", "{:.2f}"), ("is_mean", "{:.2f}"), ("nfe", "{:g}"), ("ms_per_sample", "{:.3g}"),
+                     ("modes_covered", "{:g}")):
+        value = row.get(key)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            shown.append(f"{key}={fmt.format(value)}")
+    return shown

@@ -1,0 +1,160 @@
+"""Executing one cell: build the model, train it (with checkpoints), evaluate each sampler.
+
+``execute_cell`` returns the cell's rows and writes nothing but the cell's own checkpoint and
+sample grids; recording the rows is the caller's job. One failure never escapes: a model that
+fails to build or train gives failed rows for its samplers, a sampler that fails gives a failed row.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trilemma.data import Split
+from trilemma.datasets import Dataset
+from trilemma.evaluate import evaluate_sampler
+from trilemma.model import GenerativeModel
+from trilemma.plan import Cell
+from trilemma.plugins import Registries
+from trilemma.results import FAILED, OK
+from trilemma.rundir import RunDirectory
+from trilemma.train import Budget, TrainResult, train
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """What a cell needs besides itself: plain values, so that a worker process can receive them."""
+
+    run_dir: Path
+    device: str
+    cache_dir: Path
+    data_dir: Path | None = None
+    resume: bool = False
+    progress: bool = True
+    verbose: bool = False
+    metric_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class CellOutcome:
+    """A cell's rows (one per sampler) and the metrics' protocol descriptions."""
+
+    cell: Cell
+    rows: list[dict[str, Any]]
+    protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for row in self.rows if row["status"] != OK)
+
+
+_DATA: dict[tuple[str, str], dict[str, Split]] = {}
+_ON_DEVICE: dict[tuple[str, str, str], torch.Tensor] = {}
+
+
+def load_data(dataset: Dataset, data_dir: Path | None) -> dict[str, Split]:
+    """The dataset's splits, loaded once per process."""
+    key = (dataset.name, str(data_dir))
+    if key not in _DATA:
+        _DATA[key] = dataset.load(data_dir)
+    return _DATA[key]
+
+
+def training_images(dataset: Dataset, data_dir: Path | None, device: torch.device) -> torch.Tensor:
+    """The training split's images on ``device``, moved there once per process."""
+    key = (dataset.name, str(data_dir), str(device))
+    if key not in _ON_DEVICE:
+        _ON_DEVICE[key] = load_data(dataset, data_dir)["train"].images.to(device)
+    return _ON_DEVICE[key]
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def failure_row(base: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    message = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return {**base, "status": FAILED, "error": message}
+
+
+def _train_columns(result: TrainResult) -> dict[str, Any]:
+    return {"train_seconds": result.seconds, "train_steps": result.steps, "images_seen": result.images_seen,
+            "peak_mem_bytes": result.peak_mem_bytes}
+
+
+def _describe_budget(budget: Budget) -> str:
+    parts = []
+    if budget.steps is not None:
+        parts.append(f"{budget.steps} steps")
+    if budget.seconds is not None:
+        parts.append(f"{budget.seconds:g} s")
+    return " or ".join(parts) + f", batch {budget.batch_size}"
+
+
+def _sampler_names(model: GenerativeModel | None) -> list[str]:
+    try:
+        return list(model.samplers()) if model is not None else ["-"]
+    except Exception:
+        return ["-"]
+
+
+def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries,
+                 log: Callable[[str], None] = print) -> CellOutcome:
+    """Train ``cell``'s model and evaluate each of its samplers; never raises for a plugin's fault."""
+    run_dir = RunDirectory(settings.run_dir)
+    dataset = registries.datasets[cell.dataset]
+    device = torch.device(settings.device)
+    preset = cell.preset
+
+    def log_traceback(exc: BaseException) -> None:
+        if settings.verbose:
+            log("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+
+    base: dict[str, Any] = {"model": cell.model, "seed": cell.seed, "dataset": cell.dataset,
+                            "config_hash": cell.config_hash}
+    model: GenerativeModel | None = None
+    try:
+        model_class = registries.models[cell.model]
+        torch.manual_seed(cell.seed)
+        model = model_class(model_class.Config.from_dict(cell.config), channels=dataset.channels).to(device)
+        base["params"] = count_parameters(model)
+        base["sampling_params"] = sum(count_parameters(net) for net in model.sampling_networks())
+        budget = Budget(preset.train_steps, preset.train_seconds, preset.batch_size, preset.checkpoint_every)
+        log(f"{cell.label}: training ({_describe_budget(budget)}, {base['params']:,} parameters)")
+        checkpoint = run_dir.checkpoint(cell.model, cell.seed)
+        if not settings.resume:
+            checkpoint.unlink(missing_ok=True)  # only --resume continues from an earlier checkpoint
+        result = train(model, training_images(dataset, settings.data_dir, device), budget, seed=cell.seed,
+                       checkpoint=checkpoint, progress=settings.progress, desc=cell.label)
+        base.update(_train_columns(result))
+    except Exception as exc:
+        log(f"{cell.label}: FAILED in training: {type(exc).__name__}: {exc}")
+        log_traceback(exc)
+        return CellOutcome(cell, [failure_row({**base, "sampler": name}, exc) for name in _sampler_names(model)])
+
+    metrics = {name: registries.metrics[name] for name in registries.metrics.names()}
+    data = load_data(dataset, settings.data_dir)
+    rows, protocols = [], {}
+    for sampler_name, sampler in model.samplers().items():
+        row = {**base, "sampler": sampler_name}
+        try:
+            evaluation = evaluate_sampler(
+                model, cell.model, sampler_name, sampler, metrics=metrics, metric_settings=settings.metric_settings,
+                dataset=dataset, data=data, preset=preset, seed=cell.seed,
+                grid_path=run_dir.sample_grid(cell.model, sampler_name, cell.seed), cache_dir=settings.cache_dir,
+                progress=settings.progress, log=log)
+            row.update(evaluation.columns)
+            row.update(status=OK, error="")
+            protocols.update(evaluation.protocols)
+        except Exception as exc:
+            log(f"{cell.model}/{sampler_name} seed {cell.seed}: FAILED: {type(exc).__name__}: {exc}")
+            log_traceback(exc)
+            protocols.update(getattr(exc, "protocols", {}))
+            row = failure_row({**row, **getattr(exc, "partial", {})}, exc)
+        rows.append(row)
+    return CellOutcome(cell, rows, protocols)

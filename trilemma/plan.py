@@ -1,0 +1,111 @@
+"""Planning a run: the user's request, checked and resolved into cells before anything trains.
+
+A cell is one model trained on one dataset with one seed, then evaluated with each of its
+samplers (a report row each). Cells are plain values, so any executor can take them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trilemma.datasets import Dataset
+from trilemma.environment import resolve_device
+from trilemma.errors import TrilemmaError
+from trilemma.model import ModelConfig, resolve_config
+from trilemma.plugins import Registries
+from trilemma.presets import Preset, get_preset
+from trilemma.registry import Provider
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What ``trilemma run`` was asked to do."""
+
+    models: list[str]
+    preset: str = "auto"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)
+    out_dir: Path = Path("runs/latest")
+    device: str = "auto"
+    dataset: str = "mnist"
+    data_dir: Path | None = None
+    resume: bool = False
+    progress: bool = True
+    verbose: bool = False
+    train_steps: int | None = None
+    train_seconds: float | None = None
+    metric_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    executor: str = "local"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: train ``model`` on ``dataset`` with ``seed`` under ``preset``'s budget,
+    then evaluate every sampler. ``config`` holds the resolved config values."""
+
+    model: str
+    dataset: str
+    seed: int
+    config: dict[str, Any] = field(hash=False)
+    config_hash: str
+    preset: Preset
+    variant: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """A model's resolved config and budget, as the manifest records them."""
+
+    config: ModelConfig
+    preset: Preset
+    provider: Provider
+
+
+@dataclass
+class Plan:
+    """The resolved run: the dataset, the device, every model's plan and the cells, in order."""
+
+    dataset: Dataset
+    device: torch.device
+    preset: str
+    models: dict[str, ModelPlan]
+    cells: list[Cell]
+
+
+def plan_run(request: RunRequest, registries: Registries) -> Plan:
+    """Check the request against the registries and resolve every model's config and budget."""
+    if request.dataset not in registries.datasets:
+        raise TrilemmaError(f"unknown dataset {request.dataset!r}; valid: {', '.join(registries.datasets.names())}")
+    dataset: Dataset = registries.datasets[request.dataset]
+    device = resolve_device(request.device)
+    unknown = [m for m in request.models if m not in registries.models]
+    if unknown:
+        valid = ", ".join(registries.models.names()) or "none installed"
+        raise TrilemmaError(f"unknown model(s) {', '.join(unknown)}; valid: {valid}")
+    stray = sorted(set(request.overrides) - set(request.models))
+    if stray:
+        raise TrilemmaError(f"--set names model(s) not in this run: {', '.join(stray)}; running: {', '.join(request.models)}")
+    if request.executor not in registries.executors:
+        raise TrilemmaError(f"unknown executor {request.executor!r}; valid: {', '.join(registries.executors.names())}")
+    base = get_preset(request.preset, device.type)
+    models = {}
+    for name in request.models:
+        cls = registries.models[name]
+        if dataset.channels not in cls.data_channels:
+            raise TrilemmaError(f"model {name!r} cannot train on {dataset.name} ({dataset.channels} channels)")
+        preset = base.with_budget(cls.presets.get(base.name, {}).get("budget", {}))
+        if request.train_steps is not None or request.train_seconds is not None:
+            preset = preset.with_budget({"train_steps": request.train_steps, "train_seconds": request.train_seconds})
+        config = resolve_config(cls, base.name, request.overrides.get(name, {}))
+        models[name] = ModelPlan(config, preset, registries.models.provider(name))
+    cells = [Cell(name, dataset.name, seed, plan.config.to_dict(), plan.config.config_hash(), plan.preset)
+             for seed in request.seeds for name, plan in models.items()]
+    return Plan(dataset, device, base.name, models, cells)
