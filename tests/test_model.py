@@ -6,7 +6,7 @@ import torch
 
 import trilemma
 from trilemma.errors import BadSamples, TrilemmaError
-from trilemma.sampling import NFECounter
+from trilemma.nfe import NFECounter
 from trilemma.testing import check_model_contract
 
 

@@ -8,7 +8,7 @@ import pytest
 from trilemma.cli import main
 from trilemma.errors import TrilemmaError
 from trilemma.plots import pareto_frontier
-from trilemma.report import aggregate, bootstrap_interval, comparison_table, render_run, render_runs
+from trilemma.report import aggregate, bootstrap_interval, columns_of, comparison_table, render_run, render_runs
 
 MANIFEST = {
     "dataset": "mnist", "preset": "quick", "seeds": [0, 1, 2], "device": {"type": "cpu", "name": "test cpu"},
@@ -119,6 +119,6 @@ def test_comparison_refuses_different_protocols_unless_forced(tmp_path, capsys):
 def test_comparison_table_matches_rows_by_model_and_sampler(tmp_path):
     a = make_run(tmp_path / "a", fail=None)
     b = make_run(tmp_path / "b", fail=None, offset=1.0)
-    table = comparison_table(a, b).set_index(["model", "sampler"])
+    table = comparison_table(a, b, columns_of([MANIFEST])).set_index(["model", "sampler"])
     expected = b[b.model == "vae"]["fid"].mean() - a[a.model == "vae"]["fid"].mean()
     assert table.loc[("vae", "default"), "fid Δ"] == pytest.approx(expected)

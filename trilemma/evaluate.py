@@ -12,10 +12,15 @@ import torch
 
 from trilemma.data import Split
 from trilemma.datasets import Dataset
+from trilemma.errors import BadSamples
 from trilemma.metrics import EvalContext, Metric
 from trilemma.model import GenerativeModel, Sampler
+from trilemma.nfe import check_nfe
 from trilemma.presets import Preset
-from trilemma.sampling import draw
+from trilemma.sampling import draw, make_generator
+
+#: Samples in the untimed probe batch on which the FLOP-based NFE is measured.
+NFE_PROBE_SAMPLES = 4
 
 
 class MetricsFailed(RuntimeError):
@@ -51,8 +56,15 @@ def evaluate_sampler(model: GenerativeModel, model_name: str, sampler_name: str,
     """Draw ``preset.eval_samples`` samples, save their grid, and compute every metric that applies
     to ``dataset``. Raises ``MetricsFailed`` (with the other metrics' columns) if any metric fails."""
     where = f"{model_name}/{sampler_name}"
+    model.eval()
+    check = check_nfe(model.sampling_networks(), sampler, NFE_PROBE_SAMPLES, make_generator(model.device, seed + 2))
     samples = draw(model, sampler, preset.eval_samples, batch_size=preset.sample_batch_size,
                    seed=seed, where=where, progress=progress)
+    samples.nfe_check = check
+    if samples.nfe_per_sample == 0 or check.hook_nfe == 0:
+        raise BadSamples(f"{where} called none of its sampling_networks() through their forward hooks "
+                         f"(NFE counted 0) while doing {check.gflop_per_sample:.4g} GFLOP per sample: "
+                         "list the networks it evaluates in sampling_networks() and call them as net(x)")
     save_grid(samples.images[:64], grid_path)
     base = EvalContext(model=model, model_name=model_name, sampler_name=sampler_name, sampler=sampler,
                        samples=samples, dataset=dataset, data=data, device=model.device, preset=preset, seed=seed,
@@ -60,16 +72,29 @@ def evaluate_sampler(model: GenerativeModel, model_name: str, sampler_name: str,
     columns: dict[str, Any] = {}
     protocols: dict[str, dict[str, Any]] = {}
     errors = []
+    images, pristine = samples.images, samples.images.clone()
     for metric_name, metric in metrics.items():
         if not metric.applies_to(dataset):
             continue
         ctx = replace(base, settings=metric_settings.get(metric_name, {}))
         try:
-            columns.update(metric.compute(ctx))
+            values = metric.compute(ctx)
+            undeclared = sorted(k for k in values if not any(c.matches(k) for c in metric.columns))
+            if undeclared:
+                raise ValueError(f"returned column(s) it does not declare: {', '.join(undeclared)}")
+            if samples.images is not images or not torch.equal(images, pristine):
+                raise ValueError("changed the shared samples; the other metrics read them")
+            columns.update(values)
             protocols[metric_name] = metric.protocol(ctx)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a metric's fault, SystemExit included, fails this row only
             log(f"{where}: metric {metric_name} failed: {type(exc).__name__}: {exc}")
             errors.append(f"metric {metric_name}: {type(exc).__name__}: {exc}")
+        finally:  # whatever a metric did to the shared samples, the next one sees the originals
+            samples.images = images
+            if not torch.equal(images, pristine):
+                images.copy_(pristine)
     log(f"{where} seed {seed}: " + ", ".join(summary(columns)))
     if errors:
         raise MetricsFailed("; ".join(errors), columns, protocols)

@@ -8,7 +8,7 @@ fails to build or train gives failed rows for its samplers, a sampler that fails
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,10 @@ import torch
 from trilemma.data import Split
 from trilemma.datasets import Dataset
 from trilemma.evaluate import evaluate_sampler
-from trilemma.model import GenerativeModel
+from trilemma.model import GenerativeModel, Sampler
 from trilemma.plan import Cell
 from trilemma.plugins import Registries
+from trilemma.registry import NAME_PATTERN, check_name
 from trilemma.results import FAILED, OK
 from trilemma.rundir import RunDirectory
 from trilemma.train import Budget, TrainResult, train
@@ -98,9 +99,21 @@ def _describe_budget(budget: Budget) -> str:
 
 def _sampler_names(model: GenerativeModel | None) -> list[str]:
     try:
-        return list(model.samplers()) if model is not None else ["-"]
+        return [name for name in model.samplers() if isinstance(name, str) and NAME_PATTERN.match(name)] or ["-"]
     except Exception:
         return ["-"]
+
+
+def samplers_of(model: GenerativeModel) -> dict[str, Sampler]:
+    """The model's named samplers, their names checked like registry names (they become file names)."""
+    found = model.samplers()
+    if not isinstance(found, Mapping) or not found:
+        raise TypeError(f"samplers() must return a non-empty dict of name → sampler, got {type(found).__name__}")
+    for name, sampler in found.items():
+        check_name(name, "sampler", model.name)
+        if not callable(sampler):
+            raise TypeError(f"sampler {name!r} is not callable")
+    return dict(found)
 
 
 def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries,
@@ -130,17 +143,20 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
         if not settings.resume:
             checkpoint.unlink(missing_ok=True)  # only --resume continues from an earlier checkpoint
         result = train(model, training_images(dataset, settings.data_dir, device), budget, seed=cell.seed,
-                       checkpoint=checkpoint, progress=settings.progress, desc=cell.label)
+                       checkpoint=checkpoint, progress=settings.progress, desc=cell.label, log=log)
         base.update(_train_columns(result))
-    except Exception as exc:
+        samplers = samplers_of(model)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a plugin's fault, SystemExit included, stays in its own rows
         log(f"{cell.label}: FAILED in training: {type(exc).__name__}: {exc}")
         log_traceback(exc)
         return CellOutcome(cell, [failure_row({**base, "sampler": name}, exc) for name in _sampler_names(model)])
 
-    metrics = {name: registries.metrics[name] for name in registries.metrics.names()}
+    metrics = {entry.name: entry.item for entry in registries.metrics.in_order()}  # built-ins first
     data = load_data(dataset, settings.data_dir)
     rows, protocols = [], {}
-    for sampler_name, sampler in model.samplers().items():
+    for sampler_name, sampler in samplers.items():
         row = {**base, "sampler": sampler_name}
         try:
             evaluation = evaluate_sampler(
@@ -151,7 +167,9 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
             row.update(evaluation.columns)
             row.update(status=OK, error="")
             protocols.update(evaluation.protocols)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             log(f"{cell.model}/{sampler_name} seed {cell.seed}: FAILED: {type(exc).__name__}: {exc}")
             log_traceback(exc)
             protocols.update(getattr(exc, "protocols", {}))

@@ -40,6 +40,7 @@ class RunRequest:
     train_seconds: float | None = None
     metric_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     executor: str = "local"
+    command: list[str] = field(default_factory=lambda: ["trilemma", "run"])  # as typed, for the manifest
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,16 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
         cls = registries.models[name]
         if dataset.channels not in cls.data_channels:
             raise TrilemmaError(f"model {name!r} cannot train on {dataset.name} ({dataset.channels} channels)")
-        preset = base.with_budget(cls.presets.get(base.name, {}).get("budget", {}))
+        try:
+            preset = base.with_budget(cls.presets.get(base.name, {}).get("budget", {}), where=f"model {name!r}, ")
+            config = resolve_config(cls, base.name, request.overrides.get(name, {}))
+        except TrilemmaError:
+            raise
+        except Exception as exc:  # a plugin's malformed presets or Config
+            raise TrilemmaError(f"model {name!r} ({registries.models.provider(name)}): cannot resolve its "
+                                f"{base.name} preset: {type(exc).__name__}: {exc}") from exc
         if request.train_steps is not None or request.train_seconds is not None:
             preset = preset.with_budget({"train_steps": request.train_steps, "train_seconds": request.train_seconds})
-        config = resolve_config(cls, base.name, request.overrides.get(name, {}))
         models[name] = ModelPlan(config, preset, registries.models.provider(name))
     cells = [Cell(name, dataset.name, seed, plan.config.to_dict(), plan.config.config_hash(), plan.preset)
              for seed in request.seeds for name, plan in models.items()]

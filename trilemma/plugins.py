@@ -1,4 +1,12 @@
-"""Plugin discovery: built-ins plus ``trilemma`` entry points, each loaded on its own."""
+"""Plugin discovery: built-ins plus ``trilemma`` entry points, each loaded on its own.
+
+Load order decides who keeps a name (first come): trilemma's built-in modules, then the
+first-party plugin distributions shipped with trilemma, then every other entry point, sorted by
+distribution and entry-point name. Hook ordering flags cannot change it, since each plugin's hook
+is called on its own. Any exception a plugin raises while importing or registering (``SystemExit``
+included, ``KeyboardInterrupt`` not) marks it broken, undoes what it registered, and the others
+load.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +22,22 @@ from typing import Any
 import pluggy
 
 from trilemma import hookspecs
-from trilemma.registry import Provider, Registry
+from trilemma.columns import HARNESS_COST, HARNESS_IDENTITY, Column
+from trilemma.registry import Conflict, Entry, Provider, Registry
 
 ENTRY_POINT_GROUP = "trilemma"
 ALLOWLIST_ENV = "TRILEMMA_LOAD_PLUGINS"
 BUILTIN_MODULES = (
     "trilemma.datasets",
-    "trilemma.metrics.speed",
     "trilemma.metrics.fidelity",
+    "trilemma.metrics.speed",
     "trilemma.metrics.coverage",
     "trilemma.executors",
 )
+#: The model plugins shipped with trilemma (``plugins/`` in its repository): loaded before any
+#: other distribution, so no third party can take their names. A test keeps this in step with
+#: the repository.
+FIRST_PARTY_DISTRIBUTIONS = frozenset({"trilemma-vae", "trilemma-dcgan", "trilemma-ddpm", "trilemma-ddgan"})
 
 
 @dataclass(frozen=True)
@@ -59,10 +72,15 @@ class PluginManager(pluggy.PluginManager):
             self.unregister(name=name)
 
 
+def _load_order(ep: EntryPoint) -> tuple[bool, str, str]:
+    dist = ep.dist.name if ep.dist else ""
+    return dist not in FIRST_PARTY_DISTRIBUTIONS, dist, ep.name
+
+
 def allowed_entry_points() -> list[EntryPoint]:
-    """Entry points in the group, filtered by ``TRILEMMA_LOAD_PLUGINS`` (comma-separated names;
-    empty: none) when it is set."""
-    found = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+    """Entry points in the group in load order, filtered by ``TRILEMMA_LOAD_PLUGINS``
+    (comma-separated names; empty: none) when it is set."""
+    found = sorted(entry_points(group=ENTRY_POINT_GROUP), key=_load_order)
     allow = os.environ.get(ALLOWLIST_ENV)
     if allow is None:
         return found
@@ -85,11 +103,16 @@ def get_plugin_manager(extra_plugins: dict[str, object] | None = None) -> Plugin
     for ep in allowed_entry_points():
         dist = ep.dist.name if ep.dist else "?"
         version = ep.dist.version if ep.dist else ""
+        if pm.has_plugin(ep.name) or ep.name in pm.broken:
+            pm.mark_broken(f"{ep.name} ({dist})", dist, ValueError(f"entry point name {ep.name!r} is already taken"))
+            continue
         try:
             plugin = ep.load()
             pm.register_plugin(plugin, ep.name, Provider(ep.name, dist, version))
             pm.check_pending()  # a misspelt hook is this plugin's fault: report it as broken
-        except Exception as exc:  # a broken plugin must not take the others down
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken plugin must not take the others down, nor exit
             pm.mark_broken(ep.name, dist, exc)
     for name, plugin in (extra_plugins or {}).items():
         pm.register_plugin(plugin, name, Provider(name, name, ""))
@@ -108,11 +131,17 @@ class Registries:
     broken: dict[str, BrokenPlugin]
     plugin_manager: PluginManager
 
+    def all(self) -> list[Registry]:
+        return [self.datasets, self.metrics, self.models, self.executors]
 
-def _fill(pm: PluginManager, hook_name: str, registry: Registry) -> None:
-    """Call ``hook_name`` of one plugin at a time, in registration order (built-ins first), through
-    pluggy's hook caller restricted to that plugin, so each registration is attributed to its
-    plugin and a plugin that raises is marked broken while the others go on."""
+    def conflicts(self) -> list[Conflict]:
+        return [c for registry in self.all() for c in registry.conflicts]
+
+
+def _fill(pm: PluginManager, hook_name: str, registry: Registry, registries: Registries) -> None:
+    """Call ``hook_name`` of one plugin at a time, in load order, through pluggy's hook caller
+    restricted to that plugin, so each registration is attributed to its plugin and a plugin that
+    raises is marked broken (and what it registered is undone) while the others go on."""
     plugins = [name for name, _ in pm.list_name_plugin()]
     implementers = {impl.plugin_name for impl in getattr(pm.hook, hook_name).get_hookimpls()}
     for name in plugins:
@@ -121,8 +150,29 @@ def _fill(pm: PluginManager, hook_name: str, registry: Registry) -> None:
         others = [pm.get_plugin(other) for other in plugins if other != name]
         try:
             pm.subset_hook_caller(hook_name, remove_plugins=others)(register=registry.bound(pm.providers[name]))
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             pm.mark_broken(name, pm.providers[name].distribution, exc)
+            for each in registries.all():
+                each.remove_plugin(name)
+
+
+def _column_clash(metric: Any, entries: list[Entry]) -> tuple[Provider, str] | None:
+    """A metric may not declare a column the harness or an earlier metric owns."""
+
+    def overlap(a: str, b: str) -> bool:
+        return Column(a).matches(b) or Column(b).matches(a)
+
+    for column in metric.columns:
+        for owned in (*HARNESS_IDENTITY, *HARNESS_COST):
+            if overlap(column.name, owned.name):
+                return _builtin_provider("trilemma.columns"), f"column {column.name!r} belongs to the harness"
+        for entry in entries:
+            for owned in entry.item.columns:
+                if overlap(column.name, owned.name):
+                    return entry.provider, f"column {column.name!r} belongs to metric {entry.name!r}"
+    return None
 
 
 def collect(pm: PluginManager | None = None) -> Registries:
@@ -146,14 +196,14 @@ def collect(pm: PluginManager | None = None) -> Registries:
 
     registries = Registries(
         models=Registry("model", model_problem, lambda m: m.name),
-        metrics=Registry("metric", instance_of(Metric), lambda m: m.name),
+        metrics=Registry("metric", instance_of(Metric), lambda m: m.name, clash=_column_clash),
         datasets=Registry("dataset", instance_of(Dataset), lambda d: d.name),
         executors=Registry("executor", instance_of(Executor), lambda e: e.name),
         broken=pm.broken,
         plugin_manager=pm,
     )
-    _fill(pm, "register_datasets", registries.datasets)
-    _fill(pm, "register_metrics", registries.metrics)
-    _fill(pm, "register_models", registries.models)
-    _fill(pm, "register_executors", registries.executors)
+    _fill(pm, "register_datasets", registries.datasets, registries)
+    _fill(pm, "register_metrics", registries.metrics, registries)
+    _fill(pm, "register_models", registries.models, registries)
+    _fill(pm, "register_executors", registries.executors, registries)
     return registries

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -26,12 +27,38 @@ class Preset:
     checkpoint_every: int  # steps between checkpoints
     description: str = ""
 
-    def with_budget(self, overrides: Mapping[str, Any]) -> Preset:
+    def __post_init__(self) -> None:
+        def whole(name: str, low: int, value: Any) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise TrilemmaError(f"preset {self.name}: {name} must be a whole number ≥ {low}, got {value!r}")
+
+        if self.train_steps is None and self.train_seconds is None:
+            raise TrilemmaError(f"preset {self.name}: a budget needs train_steps, train_seconds or both")
+        if self.train_steps is not None:
+            whole("train_steps", 1, self.train_steps)
+        if self.train_seconds is not None and (
+                isinstance(self.train_seconds, bool) or not isinstance(self.train_seconds, (int, float))
+                or not math.isfinite(self.train_seconds) or self.train_seconds <= 0):
+            raise TrilemmaError(f"preset {self.name}: train_seconds must be a number > 0, got {self.train_seconds!r}")
+        for name, low in (("batch_size", 1), ("eval_samples", 2), ("stacked_samples", 2), ("sample_batch_size", 1),
+                          ("speed_repeats", 1), ("checkpoint_every", 1)):
+            whole(name, low, getattr(self, name))
+        if not self.speed_batch_sizes:
+            raise TrilemmaError(f"preset {self.name}: speed_batch_sizes is empty")
+        for size in self.speed_batch_sizes:
+            whole("speed_batch_sizes", 1, size)
+
+    def with_budget(self, overrides: Mapping[str, Any], where: str = "") -> Preset:
+        """This preset with some of ``train_steps``, ``train_seconds`` and ``batch_size`` replaced;
+        anything else, or a value out of range, is a ``TrilemmaError`` naming ``where``."""
         allowed = {"train_steps", "train_seconds", "batch_size"}
         unknown = set(overrides) - allowed
         if unknown:
-            raise TrilemmaError(f"preset budget: unknown key(s) {sorted(unknown)}; valid: {sorted(allowed)}")
-        return replace(self, **overrides)
+            raise TrilemmaError(f"{where}preset budget: unknown key(s) {sorted(unknown)}; valid: {sorted(allowed)}")
+        try:
+            return replace(self, **overrides)
+        except TrilemmaError as exc:
+            raise TrilemmaError(f"{where}{exc}") from None
 
 
 PRESETS: dict[str, Preset] = {

@@ -2,28 +2,60 @@
 
 from __future__ import annotations
 
-import sys
+import shlex
 import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from trilemma.columns import Column
 from trilemma.environment import describe_device, library_versions
 from trilemma.execute import CellOutcome
 from trilemma.plan import Cell, Plan, RunRequest
+from trilemma.plugins import Registries
+from trilemma.results import ResultsTable
 from trilemma.rundir import RunDirectory
 
 
+def portable_command(command: Sequence[str], run_dir: RunDirectory, path_flags: Iterable[str]) -> str:
+    """The command as typed, with every path argument shown relative to the run directory (or by
+    its name when outside it), so a manifest carries no machine-local paths."""
+    path_flags = set(path_flags)
+    shown: list[str] = []
+    path_next = False
+    for token in ["trilemma", *command[1:]]:
+        if path_next:
+            shown.append(run_dir.relative(token))
+            path_next = False
+            continue
+        flag, eq, value = token.partition("=")
+        if flag in path_flags:
+            shown.append(f"{flag}={run_dir.relative(value)}" if eq else token)
+            path_next = not eq
+            continue
+        shown.append(token)
+    return shlex.join(shown)
+
+
+def plugin_problems(registries: Registries) -> dict[str, Any]:
+    return {"broken": {b.name: f"{b.distribution}: {b.error}" for b in registries.broken.values()},
+            "conflicts": [str(c) for c in registries.conflicts()]}
+
+
 class Recorder:
-    """Writes each finished cell's rows at once (atomically) and keeps the manifest up to date.
+    """Merges each finished cell's rows into ``results.csv`` at once and keeps the manifest up to
+    date. An earlier run into the same directory (resumed, or re-running some models) keeps its
+    rows and manifest entries."""
 
-    An earlier run into the same directory (resumed, or re-running some models) keeps its rows
-    and manifest entries."""
-
-    def __init__(self, run_dir: RunDirectory, plan: Plan, request: RunRequest) -> None:
+    def __init__(self, run_dir: RunDirectory, plan: Plan, request: RunRequest, registries: Registries,
+                 declared: Sequence[Column], path_flags: Iterable[str] = ("--out", "--data-dir")) -> None:
         self.run_dir = run_dir
         self.plan = plan
         self.request = request
-        self.table = run_dir.load_table()
-        self.manifest: dict[str, Any] = run_dir.read_manifest()
+        self.registries = registries
+        self.declared = list(declared)
+        self.command = portable_command(request.command, run_dir, path_flags)
+        self.table: ResultsTable = run_dir.load_table()
+        self.run_dir.read_manifest()  # a damaged manifest stops the run before any work
         self.data_source: str | None = None
 
     def finished(self, cell: Cell) -> bool:
@@ -31,44 +63,55 @@ class Recorder:
 
     def start(self, data_source: str) -> None:
         self.data_source = data_source
-        self.manifest["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.write_manifest("running")
+        self._update_manifest("running", started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def record(self, outcome: CellOutcome) -> None:
-        self.table.replace_cell(outcome.cell.model, outcome.cell.seed, outcome.rows)
-        self.run_dir.write_results(self.table.frame())
+        cell = outcome.cell
+        self.table = self.run_dir.update_results(lambda table: table.replace_cell(cell.model, cell.seed, outcome.rows),
+                                                 self.declared)
         if outcome.protocols:
-            self.manifest.setdefault("metrics", {}).update(outcome.protocols)
-            self.write_manifest("running")
+            self._update_manifest("running", metrics=outcome.protocols)
 
     def finish(self) -> int:
         """Mark the run finished; returns the number of failed rows in the directory."""
-        self.manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.write_manifest("finished")
-        return self.table.failed_count()
+        self._update_manifest("finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        return self.run_dir.load_table().failed_count()
 
-    def write_manifest(self, status: str) -> None:
+    def _update_manifest(self, status: str, **extra: Any) -> None:
         plan = self.plan
         dists = sorted({model.provider.distribution for model in plan.models.values()})
-        self.manifest.update({
-            "status": status,
-            "commands": list(dict.fromkeys([*self.manifest.get("commands", []), " ".join(sys.argv)])),
-            "dataset": plan.dataset.name,
-            "data_source": self.data_source,
-            "device": {"type": plan.device.type, "name": describe_device(plan.device)},
-            "seeds": sorted({*self.manifest.get("seeds", []), *self.request.seeds}),
-            "preset": plan.preset,
-            "models": {
-                **self.manifest.get("models", {}),
-                **{name: {
-                    "distribution": str(model.provider),
-                    "config": model.config.to_dict(),
-                    "config_hash": model.config.config_hash(),
-                    "budget": {"train_steps": model.preset.train_steps, "train_seconds": model.preset.train_seconds,
-                               "batch_size": model.preset.batch_size},
-                    "eval_samples": model.preset.eval_samples,
-                } for name, model in plan.models.items()},
-            },
-            "versions": library_versions([d for d in dists if d != "trilemma"]),
-        })
-        self.run_dir.write_manifest(self.manifest)
+
+        def change(manifest: dict[str, Any]) -> None:
+            metrics = {**manifest.get("metrics", {}), **extra.pop("metrics", {})}
+            manifest.update(extra)
+            manifest.update({
+                "status": status,
+                "commands": list(dict.fromkeys([*manifest.get("commands", []), self.command])),
+                "dataset": plan.dataset.name,
+                "data_source": self.data_source,
+                "device": {"type": plan.device.type, "name": describe_device(plan.device)},
+                "seeds": sorted({*manifest.get("seeds", []), *self.request.seeds}),
+                "preset": plan.preset,
+                "models": {
+                    **manifest.get("models", {}),
+                    **{name: {
+                        "distribution": str(model.provider),
+                        "config": model.config.to_dict(),
+                        "config_hash": model.config.config_hash(),
+                        "budget": {"train_steps": model.preset.train_steps,
+                                   "train_seconds": model.preset.train_seconds,
+                                   "batch_size": model.preset.batch_size},
+                        "eval_samples": model.preset.eval_samples,
+                    } for name, model in plan.models.items()},
+                },
+                "metrics": metrics,
+                "columns": [column.to_dict() for column in self.declared],
+                "protocol_keys": {entry.name: list(entry.item.protocol_keys)
+                                  for entry in self.registries.metrics.in_order()},
+                "plugin_problems": plugin_problems(self.registries),
+                "versions": library_versions([d for d in dists if d != "trilemma"]),
+            })
+            if not metrics:
+                manifest.pop("metrics")
+
+        self.run_dir.update_manifest(change)

@@ -15,29 +15,46 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trilemma.columns import Column, declared_columns, from_dicts
 from trilemma.data import TEST_LABEL_COUNTS
 from trilemma.errors import TrilemmaError
+from trilemma.metrics import ReportSection
 from trilemma.rundir import RunDirectory
 
-# (column, title, format); arrows say which direction is better.
-HEADLINE = [
-    ("fid", "FID ↓", "{:.2f}"), ("is_mean", "IS ↑", "{:.2f}"), ("kid_mean", "KID ↓", "{:.4f}"),
-    ("precision", "precision ↑", "{:.3f}"), ("recall", "recall ↑", "{:.3f}"), ("nfe", "NFE ↓", "{:g}"),
-    ("ms_per_sample", "ms/sample ↓", "{:.3g}"), ("samples_per_s", "samples/s ↑", "{:.4g}"),
-    ("modes_covered", "modes ↑", "{:g}"), ("kl_to_test", "KL to real ↓", "{:.3f}"),
-    ("kl_to_uniform", "KL to uniform ↓", "{:.3f}"),
-    ("low_confidence_share", "low-conf. ↓", "{:.3f}"),
-    ("train_seconds", "train s", "{:.0f}"), ("params", "params (all)", "{:,.0f}"),
-    ("sampling_params", "params (sampling)", "{:,.0f}"),
-]
 KEY = ["model", "sampler"]
 BOOTSTRAP_RESAMPLES = 2000
-# Manifest fields that must agree before rows of two runs are compared or pooled.
-PROTOCOL_FIELDS = [
-    ("dataset",), ("metrics", "fidelity", "extractor"), ("metrics", "fidelity", "extractor_sha256"),
-    ("metrics", "fidelity", "generated_samples"), ("metrics", "fidelity", "real_samples"),
-    ("metrics", "fidelity", "input2"), ("metrics", "coverage", "samples"),
-]
+
+
+# --- what the columns and the protocol are: from the metrics' own declarations ------------------
+
+def _registered_metrics() -> list[Any]:
+    from trilemma.plugins import collect
+
+    return [entry.item for entry in collect().metrics.in_order()]
+
+
+def columns_of(manifests: Sequence[dict[str, Any]]) -> list[Column]:
+    """The columns the runs declared (recorded in their manifests), or, for runs recorded before
+    manifests held them, the columns of the metrics registered now."""
+    recorded: dict[str, dict[str, Any]] = {}
+    for manifest in manifests:
+        for record in manifest.get("columns", []):
+            recorded.setdefault(record["name"], record)
+    if recorded:
+        return from_dicts(recorded.values())
+    return declared_columns(_registered_metrics())
+
+
+def protocol_fields(manifests: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """Manifest fields that must agree before rows of two runs are compared or pooled: the dataset
+    and each metric's ``protocol_keys``."""
+    keys: dict[str, list[str]] = {}
+    for manifest in manifests:
+        for metric, names in manifest.get("protocol_keys", {}).items():
+            keys.setdefault(metric, list(names))
+    if not keys:
+        keys = {metric.name: list(metric.protocol_keys) for metric in _registered_metrics()}
+    return [("dataset",)] + [("metrics", metric, key) for metric, names in keys.items() for key in names]
 
 
 # --- loading and aggregation ------------------------------------------------------------------
@@ -95,13 +112,15 @@ def _fmt(value: Any, fmt: str) -> str:
         return str(value)
 
 
-def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The headline, one row per (model, sampler): ``mean ± half-width`` of the 95% bootstrap
-    interval when several seeds succeeded, the plain value for one."""
+def headline_table(summary: pd.DataFrame, columns: Sequence[Column]) -> pd.DataFrame:
+    """The headline, one row per (model, sampler), the declared headline columns in their order:
+    ``mean ± half-width`` of the 95% bootstrap interval when several seeds succeeded, the plain
+    value for one."""
     table: dict[str, list[str]] = {"model": list(summary["model"]), "sampler": list(summary["sampler"]),
                                    "seeds": [str(n) for n in summary["n_seeds"]]}
-    for column, title, fmt in HEADLINE:
-        if column not in summary:
+    for declared in columns:
+        column, title, fmt = declared.name, declared.heading, declared.fmt
+        if not declared.headline or declared.is_family or column not in summary:
             continue
         cells = []
         for _, row in summary.iterrows():
@@ -130,31 +149,24 @@ def _get(manifest: dict[str, Any], path: tuple[str, ...]) -> Any:
 
 
 def protocol_lines(manifest: dict[str, Any]) -> list[str]:
+    """The manifest as a list: dataset, device, then each metric's own description of its protocol."""
     if not manifest:
         return ["(no manifest)"]
-    fidelity = _get(manifest, ("metrics", "fidelity")) or {}
-    coverage = _get(manifest, ("metrics", "coverage")) or {}
-    speed = _get(manifest, ("metrics", "speed")) or {}
     versions = manifest.get("versions", {})
     lines = [
         f"- Dataset: {manifest.get('dataset')} ({manifest.get('data_source')}); preset {manifest.get('preset')}; "
         f"seeds {manifest.get('seeds')}",
         f"- Device: {_get(manifest, ('device', 'name'))}",
     ]
-    if fidelity:
-        lines += [
-            f"- Quality: {fidelity.get('library')}; input 1 = {fidelity.get('input1')}, input 2 = {fidelity.get('input2')} "
-            f"({fidelity.get('real_samples')} images); {fidelity.get('generated_samples')} generated samples per row; "
-            f"extractor {fidelity.get('extractor')} (SHA-256 {str(fidelity.get('extractor_sha256'))[:16]}…, "
-            f"test accuracy {fidelity.get('extractor_test_accuracy')}); KID subset {fidelity.get('kid_subset_size')}; "
-            f"Inception: {fidelity.get('inception')}",
-        ]
-    if coverage:
-        lines.append(f"- Coverage: {coverage.get('protocol')} ({coverage.get('samples')} samples; low confidence = "
-                     f"max softmax below {coverage.get('low_confidence_threshold')})")
-    if speed:
-        lines.append(f"- Speed: NFE = {speed.get('nfe')}; {speed.get('ms_per_sample')}; batch sizes "
-                     f"{speed.get('batch_sizes')}")
+    for metric, protocol in (manifest.get("metrics") or {}).items():
+        if isinstance(protocol, dict) and protocol:
+            described = protocol.get("summary") or "; ".join(f"{k}: {v}" for k, v in protocol.items())
+            lines.append(f"- {metric}: {described}")
+    problems = manifest.get("plugin_problems") or {}
+    for name, error in (problems.get("broken") or {}).items():
+        lines.append(f"- Broken plugin {name}: {error}")
+    for conflict in problems.get("conflicts") or []:
+        lines.append(f"- Name conflict: {conflict}")
     if versions:
         lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
     return lines
@@ -194,15 +206,30 @@ def _image_md(path: Path, base: Path) -> str:
     return f"![{path.stem}]({path.relative_to(base) if path.is_relative_to(base) else path})"
 
 
-def write_documents(out: RunDirectory, title: str, summary: pd.DataFrame, manifests: list[dict[str, Any]],
-                    figures: dict[str, Path], grids: dict[str, Path], extra_md: str = "") -> Path:
-    table = headline_table(summary)
+def metric_sections(frame: pd.DataFrame) -> list[ReportSection]:
+    """What the registered metrics have to say about these rows beyond their columns."""
+    sections = []
+    for metric in _registered_metrics():
+        if any(column.name in frame for column in metric.columns):
+            section = metric.report_section(frame)
+            if section is not None:
+                sections.append(section)
+    return sections
+
+
+def write_documents(out: RunDirectory, title: str, frame: pd.DataFrame, summary: pd.DataFrame,
+                    manifests: list[dict[str, Any]], figures: dict[str, Path], grids: dict[str, Path],
+                    extra_md: str = "") -> Path:
+    table = headline_table(summary, columns_of(manifests))
     failures = summary[summary["failed"] > 0]
+    sections = metric_sections(frame)
     md = [f"# {title}", "", "## Results", "",
           "Arrows say which direction is better. With several seeds: mean ± half-width of the 95% bootstrap "
           "interval of the mean.", "", markdown_table(table), ""]
     if len(failures):
         md += ["## Failures", ""] + [f"- {r.model}/{r.sampler}: {r.error}" for r in failures.itertuples()] + [""]
+    for section in sections:
+        md += [f"## {section.title}", "", *section.notes, "", markdown_table(section.table), ""]
     if extra_md:
         md += [extra_md, ""]
     md += ["## Protocol", ""]
@@ -211,7 +238,7 @@ def write_documents(out: RunDirectory, title: str, summary: pd.DataFrame, manife
     md += ["## Figures", ""] + [f"### {name}\n\n{_image_md(path, out.root)}\n" for name, path in figures.items()]
     md += ["## Samples", ""] + [f"### {name}\n\n{_image_md(path, out.root)}\n" for name, path in grids.items()]
     out.write_text(out.report_md, "\n".join(md))
-    out.write_text(out.report_html, _html(title, table, failures, manifests, figures, grids, extra_md))
+    out.write_text(out.report_html, _html(title, table, failures, sections, manifests, figures, grids, extra_md))
     return out.report_md
 
 
@@ -220,8 +247,8 @@ def _embed(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
-def _html(title: str, table: pd.DataFrame, failures: pd.DataFrame, manifests: list[dict[str, Any]],
-          figures: dict[str, Path], grids: dict[str, Path], extra_md: str) -> str:
+def _html(title: str, table: pd.DataFrame, failures: pd.DataFrame, sections: list[ReportSection],
+          manifests: list[dict[str, Any]], figures: dict[str, Path], grids: dict[str, Path], extra_md: str) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
              "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
@@ -234,6 +261,10 @@ def _html(title: str, table: pd.DataFrame, failures: pd.DataFrame, manifests: li
     if len(failures):
         parts.append("<h2>Failures</h2><ul>" + "".join(
             f"<li>{html.escape(f'{r.model}/{r.sampler}: {r.error}')}</li>" for r in failures.itertuples()) + "</ul>")
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        parts += [f"<p>{html.escape(note)}</p>" for note in section.notes]
+        parts.append(section.table.to_html(index=False, escape=True, border=0))
     if extra_md:
         parts.append(f"<pre>{html.escape(extra_md)}</pre>")
     parts.append("<h2>Protocol</h2>")
@@ -255,13 +286,13 @@ def render_run(run_dir: Path) -> Path:
     summary = aggregate(frame)
     out = RunDirectory(run_dir)
     figures = render_figures(frame, summary, out, manifest.get("dataset", "mnist"))
-    return write_documents(out, f"trilemma run `{out.root.name}`", summary, [manifest], figures,
+    return write_documents(out, f"trilemma run `{out.root.name}`", frame, summary, [manifest], figures,
                            sample_grids([run_dir], frame))
 
 
 def protocol_differences(manifests: Sequence[dict[str, Any]]) -> list[str]:
     differences = []
-    for path in PROTOCOL_FIELDS:
+    for path in protocol_fields(manifests):
         values = [_get(m, path) for m in manifests]
         if len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1:
             differences.append(f"{'.'.join(path)}: {' vs '.join(map(str, values))}")
@@ -300,23 +331,21 @@ def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool =
         summary = aggregate(frame)
         out.write_text(out.file("summary.csv"), summary.to_csv(index=False))
         figures = render_figures(frame, summary, out, manifests[0].get("dataset", "mnist"))
-        path = write_documents(out, f"trilemma: {len(run_dirs)} runs pooled", summary, manifests, figures,
+        path = write_documents(out, f"trilemma: {len(run_dirs)} runs pooled", frame, summary, manifests, figures,
                                sample_grids(run_dirs, frame))
     print(f"wrote {path} and {path.with_suffix('.html')}")
     return path
 
 
-COMPARED = ["fid", "is_mean", "kid_mean", "precision", "recall", "nfe", "ms_per_sample", "modes_covered", "kl_to_test"]
-
-
-def comparison_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """Rows matched by (model, sampler): A, B and B − A for each compared metric."""
+def comparison_table(a: pd.DataFrame, b: pd.DataFrame, columns: Sequence[Column]) -> pd.DataFrame:
+    """Rows matched by (model, sampler): A, B and B − A for each numeric headline column."""
     sa, sb = aggregate(a).set_index(KEY), aggregate(b).set_index(KEY)
+    compared = [c.name for c in columns if c.headline and not c.is_family and (c.name in sa or c.name in sb)]
     keys = list(dict.fromkeys([*sa.index, *sb.index]))
     records = []
     for key in keys:
         record: dict[str, Any] = {"model": key[0], "sampler": key[1]}
-        for column in COMPARED:
+        for column in compared:
             va = sa[column].get(key, math.nan) if column in sa else math.nan
             vb = sb[column].get(key, math.nan) if column in sb else math.nan
             record[f"{column} A"], record[f"{column} B"], record[f"{column} Δ"] = va, vb, vb - va
@@ -325,7 +354,7 @@ def comparison_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
 
 
 def _render_comparison(run_dirs: Sequence[Path], loaded: list[tuple[pd.DataFrame, dict]], out: RunDirectory) -> Path:
-    table = comparison_table(loaded[0][0], loaded[1][0])
+    table = comparison_table(loaded[0][0], loaded[1][0], columns_of([m for _, m in loaded]))
     out.write_text(out.file("comparison.csv"), table.to_csv(index=False))
     shown = table.copy()
     for column in shown.columns[2:]:
@@ -342,5 +371,5 @@ def _render_comparison(run_dirs: Sequence[Path], loaded: list[tuple[pd.DataFrame
 
 
 def print_summary(run_dir: Path) -> None:
-    frame, _ = load_run(run_dir)
-    print(headline_table(aggregate(frame)).to_string(index=False))
+    frame, manifest = load_run(run_dir)
+    print(headline_table(aggregate(frame), columns_of([manifest])).to_string(index=False))

@@ -1,40 +1,31 @@
-"""The results table's format: one row per (model, sampler, seed), its stable columns, and how
-rows are kept in memory. Where the table lives on disk is the run directory's business."""
+"""The results table's format: one row per (model, sampler, seed), its columns in declaration
+order, and how rows are kept in memory. Where the table lives on disk is the run directory's business."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
-# Stable column names (DESIGN.md, Reports); metrics may add columns, never rename these.
-COLUMNS = [
-    "model", "sampler", "seed", "dataset", "status", "error",
-    "fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall",
-    "nfe", "ms_per_sample", "samples_per_s", "latency_ms_batch1",
-    "modes_covered", "modes_total", "kl_to_test", "kl_to_uniform", "low_confidence_share",
-    "train_seconds", "train_steps", "images_seen", "params", "peak_mem_bytes", "config_hash",
-]
+from trilemma.columns import HARNESS_COST, HARNESS_IDENTITY, Column, ordered
+
 TEXT_COLUMNS = ("model", "sampler", "dataset", "status", "error", "config_hash")
 KEY = ["model", "sampler", "seed"]
 OK, FAILED = "ok", "failed"
+#: With no metric declarations at hand (reading a bare CSV), the harness's own columns still lead.
+HARNESS_COLUMNS = (*HARNESS_IDENTITY, *HARNESS_COST)
 
 
-def ordered_columns(columns: Iterable[str]) -> list[str]:
-    """The stable columns first, in their order, then the others alphabetically."""
-    columns = list(columns)
-    return [c for c in COLUMNS if c in columns] + sorted(c for c in columns if c not in COLUMNS)
-
-
-def rows_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows as a frame with every stable column present, in the stable order."""
+def rows_frame(rows: list[dict[str, Any]], declared: Sequence[Column] = HARNESS_COLUMNS) -> pd.DataFrame:
+    """Rows as a frame with every declared column present (empty where a row has no value),
+    families and optional columns only where filled, in declaration order."""
     frame = pd.DataFrame(rows)
-    for column in COLUMNS:
-        if column not in frame:
-            frame[column] = "" if column in TEXT_COLUMNS else math.nan
-    return frame[ordered_columns(frame.columns)]
+    for column in declared:
+        if not column.is_family and not column.optional and column.name not in frame:
+            frame[column.name] = "" if column.name in TEXT_COLUMNS else math.nan
+    return frame[ordered(frame.columns, declared)]
 
 
 class ResultsTable:
@@ -59,5 +50,5 @@ class ResultsTable:
     def failed_count(self) -> int:
         return sum(1 for r in self.rows if r["status"] != OK)
 
-    def frame(self) -> pd.DataFrame:
-        return rows_frame(self.rows)
+    def frame(self, declared: Sequence[Column] = HARNESS_COLUMNS) -> pd.DataFrame:
+        return rows_frame(self.rows, declared)

@@ -7,41 +7,181 @@
 <run>/checkpoints/<model>-seed<seed>.pt
 <run>/samples/<model>-<sampler>-seed<seed>.png
 <run>/plots/<name>.png
+<run>/.trilemma.lock         who is running into this directory (pid, host, start, command)
 ```
+
+Files are replaced atomically (written beside, flushed to disk, renamed), so a crash at any
+instant leaves either the old or the new file. Readers validate what they read and name the file
+and line of any damage. One process at a time holds the run lock; rows are merged into
+``results.csv`` under a short lock, re-reading the file each time, so no finished row is lost even
+when several processes record into one directory.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from trilemma.columns import Column
 from trilemma.errors import TrilemmaError
-from trilemma.results import ResultsTable, ordered_columns
+from trilemma.results import FAILED, HARNESS_COLUMNS, KEY, OK, TEXT_COLUMNS, ResultsTable, rows_frame
 
-RESULTS_NAME, MANIFEST_NAME = "results.csv", "manifest.json"
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+RESULTS_NAME, MANIFEST_NAME, LOCK_NAME = "results.csv", "manifest.json", ".trilemma.lock"
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
+_ROWS_LOCK_NAME = ".results.lock"
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` beside ``path``, flush it to disk, and rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode())
 
 
 def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def _damaged(path: Path, line: int | None, what: str) -> TrilemmaError:
+    where = f"{path}, line {line}" if line else str(path)
+    fix = (f"delete line {line} (that cell runs again with --resume), " if line else "") + \
+        "restore the file from a copy, or move it aside to start over"
+    return TrilemmaError(f"{where}: {what}; the file is damaged (a torn write or an edit): {fix}")
+
+
 def read_results_csv(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, dtype={"error": object, "status": object})
-    if "error" in frame:
-        frame["error"] = frame["error"].fillna("")
+    """Read ``results.csv``, checking every line before pandas sees it. Text columns keep their
+    exact text (a model named ``nan`` or ``null`` stays a name); only empty cells are missing."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise _damaged(path, None, f"not text ({exc.reason})") from exc
+    if not text.strip():
+        raise _damaged(path, 1, "empty, no header")
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+        missing = [c for c in (*KEY, "status") if c not in header]
+        if missing:
+            raise _damaged(path, 1, f"the header lacks {', '.join(missing)}")
+        status_at, seed_at = header.index("status"), header.index("seed")
+        for record in reader:
+            line = reader.line_num
+            if len(record) != len(header):
+                raise _damaged(path, line, f"{len(record)} fields where the header has {len(header)}")
+            if record[status_at] not in (OK, FAILED):
+                raise _damaged(path, line, f"status {record[status_at]!r} is neither {OK!r} nor {FAILED!r}")
+            if not record[seed_at].lstrip("-").isdigit():
+                raise _damaged(path, line, f"seed {record[seed_at]!r} is not a whole number")
+    except csv.Error as exc:
+        raise _damaged(path, reader.line_num, str(exc)) from exc
+    if not text.endswith("\n"):
+        raise _damaged(path, reader.line_num, "the last line is cut short (no line end)")
+    text_columns = {c: str for c in TEXT_COLUMNS if c in header}
+    frame = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""], dtype=text_columns)
+    for column in text_columns:
+        frame[column] = frame[column].fillna("")
     return frame
+
+
+def read_manifest_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TrilemmaError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}); the file is damaged: restore it "
+                            "from a copy, or move it aside (the next run writes a new one)") from exc
+    except UnicodeDecodeError as exc:
+        raise TrilemmaError(f"{path}: not text ({exc.reason}); restore it or move it aside") from exc
+    if not isinstance(data, dict):
+        raise TrilemmaError(f"{path}: expected a JSON object, found {type(data).__name__}; restore it or move it aside")
+    return data
+
+
+class RunLock:
+    """The run directory's lock: one ``trilemma run`` at a time writes into a directory.
+
+    The holder keeps an exclusive ``flock`` on ``.trilemma.lock`` for the run's lifetime, and the
+    file says who it is (pid, host, start time, command). The kernel drops the lock when the holder
+    dies however it dies, so a lock file left by a killed process is recognised as stale and taken
+    over."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self.took_over: dict[str, Any] | None = None
+
+    def _holder(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text() or "{}")
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self, command: str) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                holder = self._holder()
+                raise TrilemmaError(
+                    f"{self.path.parent} is in use by another trilemma run (pid {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')}, since {holder.get('started', '?')}: {holder.get('command', '?')}); "
+                    "wait for it to finish, or give this run another --out") from None
+        previous = self._holder()
+        self.took_over = previous or None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "command": command}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        os.ftruncate(self._fd, 0)  # an empty lock file means the last holder finished cleanly
+        if fcntl is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
 
 
 class RunDirectory:
@@ -91,15 +231,42 @@ class RunDirectory:
         """Another file at the top of the run directory (``summary.csv``, ``comparison.csv``)."""
         return self.root / name
 
+    def relative(self, path: Path | str) -> str:
+        """``path`` as a report may show it: relative to this directory when inside it, else its name."""
+        resolved, root = Path(path).resolve(), self.root.resolve()
+        if resolved == root:
+            return root.name
+        return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else resolved.name
+
     # --- files ----------------------------------------------------------------------------
     def ensure_writable(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
+            probe = self.root / f".write-test.{os.getpid()}"
             probe.write_text("")
             probe.unlink()
         except OSError as exc:
             raise TrilemmaError(f"cannot write to --out {self.root}: {exc.strerror or exc}") from exc
+
+    @contextmanager
+    def locked(self, command: str) -> Iterator[RunLock]:
+        """Hold the run lock for the duration of the block (see ``RunLock``)."""
+        lock = RunLock(self.root / LOCK_NAME)
+        lock.acquire(command)
+        try:
+            yield lock
+        finally:
+            lock.release()
+
+    @contextmanager
+    def _rows_lock(self) -> Iterator[None]:
+        fd = os.open(self.root / _ROWS_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
 
     def has_results(self) -> bool:
         return self.results_path.exists()
@@ -115,12 +282,31 @@ class RunDirectory:
             return ResultsTable()
         return ResultsTable(read_results_csv(self.results_path).to_dict("records"))
 
-    def write_results(self, frame: pd.DataFrame) -> None:
+    def write_results(self, frame: pd.DataFrame, declared: Sequence[Column] = HARNESS_COLUMNS) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.results_path, frame[ordered_columns(frame.columns)].to_csv(index=False))
+        atomic_write_text(self.results_path, rows_frame(frame.to_dict("records"), declared).to_csv(index=False))
+
+    def update_results(self, change: Callable[[ResultsTable], None],
+                       declared: Sequence[Column] = HARNESS_COLUMNS) -> ResultsTable:
+        """Re-read ``results.csv`` under a short lock, apply ``change`` and write it back atomically."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._rows_lock():
+            table = self.load_table()
+            change(table)
+            atomic_write_text(self.results_path, table.frame(declared).to_csv(index=False))
+        return table
 
     def read_manifest(self) -> dict[str, Any]:
-        return json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+        return read_manifest_json(self.manifest_path) if self.manifest_path.exists() else {}
+
+    def update_manifest(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Re-read ``manifest.json`` under the rows lock, apply ``change`` and write it back atomically."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._rows_lock():
+            manifest = self.read_manifest()
+            change(manifest)
+            write_json(self.manifest_path, manifest)
+        return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -129,4 +315,3 @@ class RunDirectory:
     def write_text(self, path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)
-

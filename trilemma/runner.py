@@ -5,39 +5,75 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from trilemma.columns import declared_columns
 from trilemma.data import default_data_dir
-from trilemma.execute import ExecutionSettings, load_data
+from trilemma.errors import TrilemmaError
+from trilemma.execute import CellOutcome, ExecutionSettings, load_data
 from trilemma.executors import Job
-from trilemma.plan import RunRequest, plan_run
+from trilemma.plan import Cell, Plan, RunRequest, plan_run
 from trilemma.plugins import Registries
 from trilemma.record import Recorder
 from trilemma.rundir import RunDirectory
 from trilemma.settings import resolve_settings
 
 
+def say_who_provides(plan: Plan, request: RunRequest, registries: Registries, log: Callable[[str], None]) -> None:
+    """For every name this run uses that another plugin also registered: which one it uses."""
+    used = [(registries.models, name) for name in plan.models] + \
+        [(registries.metrics, entry.name) for entry in registries.metrics.in_order()] + \
+        [(registries.datasets, plan.dataset.name), (registries.executors, request.executor)]
+    for registry, name in used:
+        for conflict in registry.conflicts_for(name):
+            log(f"warning: {registry.kind} {name!r} is registered by {conflict.kept} and by {conflict.refused}; "
+                f"using {conflict.kept} ({conflict.refused} was refused: {conflict.reason})")
+
+
 def run(request: RunRequest, registries: Registries, log: Callable[[str], None] = print) -> int:
     """Run the request; returns the number of failed rows in the run directory."""
     plan = plan_run(request, registries)
-    metric_settings = {name: resolve_settings(name, registries.metrics[name].settings,
-                                              request.metric_settings.get(name, {}))
-                       for name in registries.metrics.names()}
+    metrics = registries.metrics.in_order()
+    metric_settings = {entry.name: resolve_settings(entry.name, entry.item.settings,
+                                                    request.metric_settings.get(entry.name, {}))
+                       for entry in metrics}
+    path_flags = ["--out", "--data-dir"] + [s.flag_for(e.name) for e in metrics for s in e.item.settings
+                                            if s.parse is Path]
     run_dir = RunDirectory(request.out_dir)
     run_dir.ensure_writable()
-    recorder = Recorder(run_dir, plan, request)
-    data = load_data(plan.dataset, request.data_dir)  # fails fast, before any training
-    recorder.start(next(iter(data.values())).source)
+    say_who_provides(plan, request, registries, log)
+    recorder = Recorder(run_dir, plan, request, registries, declared_columns(e.item for e in metrics), path_flags)
+    with run_dir.locked(recorder.command) as lock:
+        if lock.took_over:
+            log(f"took over the lock of an earlier run that did not finish (pid {lock.took_over.get('pid')} on "
+                f"{lock.took_over.get('host')}, since {lock.took_over.get('started')})")
+        recorder.table = run_dir.load_table()  # what is recorded now, under the lock
+        data = load_data(plan.dataset, request.data_dir)  # fails fast, before any training
+        recorder.start(next(iter(data.values())).source)
+        todo = []
+        for cell in plan.cells:
+            if request.resume and recorder.finished(cell):
+                log(f"{cell.label}: already finished, skipped (--resume)")
+            else:
+                todo.append(cell)
+        settings = ExecutionSettings(
+            run_dir=run_dir.root, device=str(plan.device), data_dir=request.data_dir,
+            cache_dir=Path(request.data_dir or default_data_dir()) / "fidelity-cache", resume=request.resume,
+            progress=request.progress, verbose=request.verbose, metric_settings=metric_settings)
+        executor = registries.executors[request.executor]
+        pending = {(cell.model, cell.seed): cell for cell in todo}
+        for outcome in executor.run(Job(todo, settings, registries, log)):
+            check_outcome(outcome, pending, request.executor)
+            recorder.record(outcome)
+        return recorder.finish()
 
-    todo = []
-    for cell in plan.cells:
-        if request.resume and recorder.finished(cell):
-            log(f"{cell.label}: already finished, skipped (--resume)")
-        else:
-            todo.append(cell)
-    settings = ExecutionSettings(
-        run_dir=run_dir.root, device=str(plan.device), data_dir=request.data_dir,
-        cache_dir=Path(request.data_dir or default_data_dir()) / "fidelity-cache", resume=request.resume,
-        progress=request.progress, verbose=request.verbose, metric_settings=metric_settings)
-    executor = registries.executors[request.executor]
-    for outcome in executor.run(Job(todo, settings, registries, log)):
-        recorder.record(outcome)
-    return recorder.finish()
+
+def check_outcome(outcome: CellOutcome, pending: dict[tuple[str, int], Cell], executor: str) -> None:
+    """An executor hands back each cell it was given once, with rows of that cell only."""
+    key = (outcome.cell.model, outcome.cell.seed)
+    if pending.get(key) != outcome.cell:
+        raise TrilemmaError(f"executor {executor!r} returned a cell it was not given, or one cell twice: "
+                            f"{outcome.cell.label}")
+    strays = [r for r in outcome.rows if (r.get("model"), r.get("seed"), r.get("dataset")) !=
+              (outcome.cell.model, outcome.cell.seed, outcome.cell.dataset)]
+    if strays or not outcome.rows:
+        raise TrilemmaError(f"executor {executor!r} returned rows that are not {outcome.cell.label}'s")
+    del pending[key]

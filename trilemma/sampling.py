@@ -3,47 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from trilemma.errors import BadSamples
 from trilemma.model import GenerativeModel, Sampler
-
-
-class NFECounter:
-    """Counts forward calls of the given networks, weighted by batch size.
-
-    ``per_sample(n)`` is the sum of the batch sizes of all calls divided by ``n``, so a sampler
-    that runs its network k times on the whole batch (or on chunks of it) scores k.
-    """
-
-    def __init__(self, networks: Sequence[nn.Module]) -> None:
-        if not networks:
-            raise ValueError("sampling_networks() returned no networks; NFE cannot be counted")
-        self.networks = list(networks)
-        self.items = 0
-        self.calls = 0
-
-    def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-        self.calls += 1
-        self.items += int(first.shape[0]) if first is not None and first.dim() > 0 else 1
-
-    @contextmanager
-    def counting(self) -> Iterator[NFECounter]:
-        handles = [net.register_forward_pre_hook(self._hook, with_kwargs=True) for net in self.networks]
-        try:
-            yield self
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def per_sample(self, n: int) -> float:
-        return self.items / n
+from trilemma.nfe import NFECheck, NFECounter
 
 
 def synchronize(device: torch.device) -> None:
@@ -68,9 +34,12 @@ def check_samples(images: torch.Tensor, n: int, channels: int, where: str) -> No
 
 @dataclass
 class Samples:
+    """Validated samples and what drawing them cost."""
+
     images: torch.Tensor  # N×C×28×28 floats in [0, 1], on the CPU
-    nfe_per_sample: float
+    nfe_per_sample: float  # counted by forward hooks on sampling_networks()
     seconds: float
+    nfe_check: NFECheck | None = None  # the FLOP cross-check on a probe batch, when it was made
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:

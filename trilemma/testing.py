@@ -17,6 +17,7 @@ import torch
 
 from trilemma.errors import TrilemmaError
 from trilemma.model import GenerativeModel, ModelConfig
+from trilemma.nfe import check_nfe
 from trilemma.sampling import draw
 from trilemma.train import Budget, load_checkpoint, save_checkpoint, train
 
@@ -36,7 +37,8 @@ def check_model_contract(model_class: type[GenerativeModel], config: Mapping[str
 
     Checks: a name and a dataclass ``Config`` that round-trips and rejects unknown fields; a few
     training steps with finite losses; every sampler returns n×C×28×28 finite floats in [0, 1]
-    and calls its ``sampling_networks()`` (NFE > 0, or exactly ``expected_nfe[sampler]``);
+    and calls its ``sampling_networks()`` (NFE > 0, or exactly ``expected_nfe[sampler]``), and the
+    NFE its forward hooks count agrees with the NFE its FLOPs imply (no network work outside them);
     same seed, same samples; checkpoint save/load restores the samples.
     Returns the trained model for further checks.
     """
@@ -78,6 +80,9 @@ def check_model_contract(model_class: type[GenerativeModel], config: Mapping[str
             if expected_nfe and name in expected_nfe:
                 assert drawn.nfe_per_sample == expected_nfe[name], \
                     f"sampler {name!r}: NFE {drawn.nfe_per_sample}, expected {expected_nfe[name]}"
+            check = check_nfe(model.sampling_networks(), sampler, 4, torch.Generator().manual_seed(2))
+            assert check.agree, f"sampler {name!r}: {check.describe()}; list every network it evaluates in " \
+                "sampling_networks() and call them as net(x)"
             again = draw(model, sampler, 5, batch_size=5, seed=1, where=f"sampler {name!r}")
             assert torch.allclose(drawn.images, again.images), \
                 f"sampler {name!r} is not deterministic given its generator"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,10 @@ class TrainResult:
     resumed_from_step: int = 0
 
 
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used: unreadable, or made under another config or budget."""
+
+
 def _as_floats(losses: Any, step: int) -> dict[str, float]:
     values = {name: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for name, v in dict(losses).items()}
     bad = {name: v for name, v in values.items() if not math.isfinite(v)}
@@ -47,54 +53,113 @@ def _as_floats(losses: Any, step: int) -> dict[str, float]:
     return values
 
 
-def save_checkpoint(path: Path, model: GenerativeModel, step: int, seconds: float, done: bool) -> None:
-    """Atomically write model, optimizers and progress."""
+def checkpoint_identity(model: GenerativeModel, budget: Budget) -> dict[str, Any]:
+    """What a checkpoint must have been trained under to be continued: the config and the budget
+    (the wall-time cap aside, which only says when to stop)."""
+    return {"config": model.config.to_dict(), "steps": budget.steps, "batch_size": budget.batch_size}
+
+
+def rng_state(data_generator: torch.Generator, order: torch.Tensor) -> dict[str, Any]:
+    """Everything random a resumed run needs to continue exactly as an uninterrupted one would."""
+    state = {"torch": torch.get_rng_state(), "data": data_generator.get_state(), "order": order.cpu()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def save_checkpoint(path: Path, model: GenerativeModel, step: int, seconds: float, done: bool,
+                    identity: dict[str, Any] | None = None, rng: dict[str, Any] | None = None) -> None:
+    """Atomically write model, optimizers, random state and progress (flushed to disk, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    buffer = io.BytesIO()
     torch.save({
         "model": model.state_dict(),
         "optimizers": {name: opt.state_dict() for name, opt in model.optimizers.items()},
         "step": step,
         "seconds": seconds,
         "done": done,
-        "config": model.config.to_dict(),
-    }, tmp)
-    os.replace(tmp, path)
+        "identity": identity if identity is not None else {"config": model.config.to_dict()},
+        "rng": rng or {},
+    }, buffer)
+    from trilemma.rundir import atomic_write_bytes
+
+    atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path, model: GenerativeModel) -> dict[str, Any]:
-    state = torch.load(path, map_location=model.device, weights_only=False)
-    model.load_state_dict(state["model"])
-    for name, opt_state in state["optimizers"].items():
-        model.optimizers[name].load_state_dict(opt_state)
+def load_checkpoint(path: Path, model: GenerativeModel, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load ``path`` into ``model`` and its optimizers; ``CheckpointError`` if it is unreadable or
+    was made under another identity (config and budget)."""
+    try:
+        state = torch.load(path, map_location=model.device, weights_only=True)
+        recorded = state["identity"]
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc)[:120]})") from exc
+    if identity is not None and _jsonish(recorded) != _jsonish(identity):
+        raise CheckpointError(f"checkpoint {path} was made under another config or budget")
+    try:
+        model.load_state_dict(state["model"])
+        for name, opt_state in state["optimizers"].items():
+            model.optimizers[name].load_state_dict(opt_state)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit this model ({type(exc).__name__}: {str(exc)[:120]})") \
+            from exc
     return state
 
 
+def _jsonish(value: Any) -> Any:
+    """Tuples and lists compare equal (a checkpoint stores what the config held)."""
+    if isinstance(value, dict):
+        return {k: _jsonish(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonish(v) for v in value]
+    return value
+
+
 def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed: int,
-          checkpoint: Path | None = None, progress: bool = True, desc: str = "train") -> TrainResult:
+          checkpoint: Path | None = None, progress: bool = True, desc: str = "train",
+          log: Callable[[str], None] = print) -> TrainResult:
     """Train ``model`` on ``images`` (N×C×28×28 uint8, already on the model's device).
 
     Batches are drawn by indexing a seeded permutation on the device; each epoch reshuffles. If
-    ``checkpoint`` exists it is resumed (a finished one is loaded and returned as is).
+    ``checkpoint`` exists and was made under the same config and budget it is resumed (a finished
+    one is loaded and returned as is); a damaged or foreign one is moved aside, said so, and
+    training starts over.
     """
     from tqdm.auto import tqdm
 
     device = model.device
     if not model.optimizers:
         model.optimizers = model.configure_optimizers()
-    start_step, spent = 0, 0.0
-    if checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint, model)
-        start_step, spent = state["step"], state["seconds"]
-        if state["done"]:
-            return TrainResult(start_step, spent, start_step * budget.batch_size, resumed_from_step=start_step)
+    identity = checkpoint_identity(model, budget)
     generator = torch.Generator(device=device).manual_seed(seed)
-    torch.manual_seed(seed + start_step)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(seed)
     n = images.shape[0]
     steps_per_epoch = max(1, n // budget.batch_size)
     order = torch.randperm(n, generator=generator, device=device)
+    start_step, spent = 0, 0.0
+    if checkpoint is not None and checkpoint.exists():
+        fresh = {k: v.clone() for k, v in model.state_dict().items()}
+        try:
+            state = load_checkpoint(checkpoint, model, identity)
+            start_step, spent = state["step"], state["seconds"]
+            if state["done"]:
+                return TrainResult(start_step, spent, start_step * budget.batch_size, resumed_from_step=start_step)
+            rng = state["rng"]
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            generator.set_state(rng["data"])
+            order = rng["order"].to(device)
+            log(f"{desc}: resuming from step {start_step} ({checkpoint.name})")
+        except Exception as exc:  # unreadable, foreign or incomplete: start over, and say so
+            aside = checkpoint.with_name(checkpoint.name + ".unusable")
+            os.replace(checkpoint, aside)
+            model.load_state_dict(fresh)
+            model.optimizers = model.configure_optimizers()
+            start_step, spent = 0, 0.0
+            log(f"{desc}: {exc}; moved to {aside.name}, training from scratch")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     model.train()
     step, losses = start_step, {}
     began = time.perf_counter()
@@ -108,7 +173,7 @@ def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed:
             ):
                 break
             within = step % steps_per_epoch
-            if within == 0 and step > start_step:
+            if within == 0 and step > 0:  # a new epoch (a resumed run restored the order it had)
                 order = torch.randperm(n, generator=generator, device=device)
             index = order[within * budget.batch_size : (within + 1) * budget.batch_size]
             batch = images[index].float().div_(255)
@@ -118,11 +183,13 @@ def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed:
             if step % 20 == 0:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
             if checkpoint is not None and step % budget.checkpoint_every == 0:
-                save_checkpoint(checkpoint, model, step, spent + time.perf_counter() - began, done=False)
+                save_checkpoint(checkpoint, model, step, spent + time.perf_counter() - began, False, identity,
+                                rng_state(generator, order))
     finally:
         bar.close()
     seconds = spent + time.perf_counter() - began
     if checkpoint is not None:
-        save_checkpoint(checkpoint, model, step, seconds, done=True)
+        save_checkpoint(checkpoint, model, step, seconds, True, identity)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else math.nan
     return TrainResult(step, seconds, step * budget.batch_size, losses, peak, resumed_from_step=start_step)
+

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pandas as pd
 import torch
 
+from trilemma.columns import Column
 from trilemma.data import Split
 from trilemma.datasets import Dataset
 from trilemma.model import GenerativeModel, Sampler
@@ -39,13 +41,31 @@ class EvalContext:
     log: Callable[[str], None] = print
 
 
+@dataclass
+class ReportSection:
+    """A metric's own section of ``report.md``: a title, notes (flags first) and a table."""
+
+    title: str
+    table: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
 class Metric:
-    """Base class of a metric. ``compute`` returns report columns; ``protocol`` describes how
-    they were computed (it goes into the manifest). ``settings`` declares the options the metric
-    takes: each becomes a ``trilemma run`` flag, and its value reaches ``ctx.settings``."""
+    """Base class of a metric.
+
+    ``columns`` declares every column ``compute`` may return (name, better direction, headline);
+    a metric cannot fill a column it did not declare, nor declare one the harness or another
+    metric owns. ``protocol`` describes how the columns were computed (it goes into the manifest);
+    ``protocol_keys`` names the entries of that description that must agree before two runs'
+    rows are compared or pooled. ``settings`` declares the options the metric takes: each becomes
+    a ``trilemma run`` flag, and its value reaches ``ctx.settings``. ``needs`` says what it looks at
+    (``samples``, ``real``, ``features``, ``model``), for ``trilemma list``."""
 
     name: str = ""
+    columns: ClassVar[tuple[Column, ...]] = ()
+    protocol_keys: ClassVar[tuple[str, ...]] = ()
     settings: ClassVar[tuple[Setting, ...]] = ()
+    needs: ClassVar[tuple[str, ...]] = ("samples",)
 
     def applies_to(self, dataset: Dataset) -> bool:
         return True
@@ -54,4 +74,9 @@ class Metric:
         raise NotImplementedError
 
     def protocol(self, ctx: EvalContext) -> dict[str, Any]:
+        """How the columns were computed; a ``summary`` entry, if given, is the report's one line."""
         return {}
+
+    def report_section(self, frame: pd.DataFrame) -> ReportSection | None:
+        """Optionally, a section of the report about ``frame``'s rows (every seed)."""
+        return None

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from trilemma.classifier import classify, load_classifier
+from trilemma.columns import Column
 from trilemma.hookspecs import hookimpl
 from trilemma.metrics import EvalContext, Metric
 from trilemma.sampling import draw
@@ -81,6 +82,19 @@ def classify_stacked(images: torch.Tensor, device: torch.device | str = "cpu") -
 
 class CoverageMetric(Metric):
     name = "coverage"
+    needs = ("samples", "model", "real")
+    columns = (
+        Column("modes_covered", better="higher", headline=True, title="modes", fmt="{:g}"),
+        Column("modes_total"),
+        Column("kl_to_test", better="lower", headline=True, title="KL to real", fmt="{:.3f}",
+               description="KL(generated class histogram ‖ real test labels), nats"),
+        Column("kl_to_uniform", better="lower", headline=True, title="KL to uniform", fmt="{:.3f}"),
+        Column("tv_to_test", better="lower", description="total variation to the real test labels"),
+        Column("low_confidence_share", better="lower", headline=True, title="low-conf.", fmt="{:.3f}",
+               description="share of samples the classifier reads below 0.9 confidence"),
+        Column("class_share_*", description="share of samples in class *"),
+    )
+    protocol_keys = ("samples",)
 
     def compute(self, ctx: EvalContext) -> dict[str, Any]:
         if ctx.dataset.channels == 3:
@@ -99,10 +113,17 @@ class CoverageMetric(Metric):
 
     def protocol(self, ctx: EvalContext) -> dict[str, Any]:
         if ctx.dataset.channels == 3:
-            return {"protocol": "Stacked-MNIST (PacGAN): each channel classified by the pinned classifier; "
+            samples = max(ctx.preset.stacked_samples, ctx.preset.eval_samples)
+            return {"summary": f"Stacked-MNIST (PacGAN): each channel classified by the pinned classifier; a mode is "
+                               f"covered by at least one of {samples} samples; KL(generated ‖ uniform over 1000)",
+                    "protocol": "Stacked-MNIST (PacGAN): each channel classified by the pinned classifier; "
                                 "a mode is covered by at least one sample; KL(generated ‖ uniform over 1000)",
                     "samples": max(ctx.preset.stacked_samples, ctx.preset.eval_samples)}
-        return {"protocol": f"classes of the pinned classifier; a class is covered when it holds at least "
+        return {"summary": f"classes of the pinned classifier on {ctx.preset.eval_samples} samples; a class is covered "
+                           f"when it holds at least {MODE_MIN_FAIR_SHARE:g} of its fair share (n/10); KL to the real "
+                           f"test labels and to uniform, in nats; low confidence = max softmax below "
+                           f"{LOW_CONFIDENCE_THRESHOLD}",
+                "protocol": f"classes of the pinned classifier; a class is covered when it holds at least "
                             f"{MODE_MIN_FAIR_SHARE:g} of its fair share (n/10) of the samples; "
                             "KL(generated ‖ real test labels) and KL(generated ‖ uniform), in nats",
                 "low_confidence_threshold": LOW_CONFIDENCE_THRESHOLD, "mode_min_fair_share": MODE_MIN_FAIR_SHARE,

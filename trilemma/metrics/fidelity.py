@@ -19,7 +19,8 @@ import torch
 import torch_fidelity
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-from trilemma.classifier import FEATURE_DIM, classifier_info, load_classifier
+from trilemma.classifier import FEATURE_DIM, classifier_info, file_sha256, load_classifier
+from trilemma.columns import Column
 from trilemma.errors import TrilemmaError
 from trilemma.hookspecs import hookimpl
 from trilemma.metrics import EvalContext, Metric
@@ -145,6 +146,25 @@ class FidelityMetric(Metric):
 
     name = "fidelity"
     reference_split = "test"
+    needs = ("samples", "real", "features")
+    columns = (
+        Column("fid", better="lower", headline=True, title="FID", fmt="{:.2f}",
+               description="Fréchet distance of classifier features, generated vs real test split"),
+        Column("is_mean", better="higher", headline=True, title="IS", fmt="{:.2f}",
+               description="Inception Score on classifier logits"),
+        Column("is_std"),
+        Column("kid_mean", better="lower", headline=True, title="KID", fmt="{:.4f}"),
+        Column("kid_std"),
+        Column("precision", better="higher", headline=True, fmt="{:.3f}", description="improved precision (k=3)"),
+        Column("recall", better="higher", headline=True, fmt="{:.3f}", description="improved recall (k=3)"),
+        Column("inception_fid", better="lower", optional=True,
+               description="FID on Inception-v3 features (with --inception-weights)"),
+        Column("inception_is_mean", better="higher", optional=True),
+        Column("inception_is_std", optional=True),
+        Column("inception_kid_mean", better="lower", optional=True),
+        Column("inception_kid_std", optional=True),
+    )
+    protocol_keys = ("extractor", "extractor_sha256", "generated_samples", "real_samples", "input2")
     settings = (
         Setting("inception_weights", parse=Path, flag="--inception-weights", check=existing_file,
                 help="Inception-v3 weights (torch-fidelity's format) for Inception FID/IS/KID; skipped when absent"),
@@ -171,8 +191,6 @@ class FidelityMetric(Metric):
                 ctx.log("Inception-v3 weights not found (--inception-weights PATH): Inception FID/IS/KID skipped")
                 self._told_no_inception = True
             return row
-        from trilemma.classifier import file_sha256
-
         # Inception-v3 runs at 299×299: as many real images as generated ones, not the whole split.
         real = real[: len(ctx.samples.images)]
         inception = compute_fidelity(
@@ -187,17 +205,24 @@ class FidelityMetric(Metric):
     def protocol(self, ctx: EvalContext) -> dict[str, Any]:
         info = classifier_info()
         weights = inception_weights(ctx.settings.get("inception_weights"))
+        inception = (f"{weights.name} (SHA-256 {file_sha256(weights)[:16]}…): first {ctx.preset.eval_samples} real "
+                     "images of the split, 3 repeated channels" if weights else "skipped: no weights")
+        real = len(ctx.data[self.reference_split].labels)
         return {
+            "summary": f"torch-fidelity {torch_fidelity.__version__}; input 1 = generated samples, input 2 = real "
+                       f"{ctx.dataset.name} {self.reference_split} split ({real} images); {ctx.preset.eval_samples} "
+                       f"generated samples per row; extractor {MNIST_EXTRACTOR} (SHA-256 {info.sha256[:16]}…, test "
+                       f"accuracy {info.test_accuracy}); KID subset {min(KID_SUBSET_SIZE, ctx.preset.eval_samples)}; "
+                       f"Inception: {inception}",
             "library": f"torch-fidelity {torch_fidelity.__version__}",
             "input1": "generated samples", "input2": f"real {ctx.dataset.name} {self.reference_split} split",
             "extractor": MNIST_EXTRACTOR, "extractor_sha256": info.sha256,
             "extractor_test_accuracy": info.test_accuracy,
             "features": {"fid": "features (128-d)", "kid": "features", "prc": "features (k=3)", "isc": "logits"},
             "generated_samples": ctx.preset.eval_samples,
-            "real_samples": len(ctx.data[self.reference_split].labels),
+            "real_samples": real,
             "kid_subset_size": min(KID_SUBSET_SIZE, ctx.preset.eval_samples), "isc_splits": 10,
-            "inception": (f"{weights}: first {ctx.preset.eval_samples} real images of the split, 3 repeated channels"
-                          if weights else "skipped: no weights"),
+            "inception": inception,
         }
 
 

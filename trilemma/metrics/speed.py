@@ -1,5 +1,6 @@
-"""Sampling speed: NFE per sample (counted by the harness), wall time per sample, throughput,
-batch-1 latency and peak device memory, timed after a warm-up with device synchronisation."""
+"""Sampling speed: NFE per sample (counted by the harness, cross-checked against the FLOPs the
+sampler did), GFLOP per sample, wall time per sample, throughput, batch-1 latency and peak device
+memory, timed after a warm-up with device synchronisation."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pandas as pd
 import torch
 
+from trilemma.columns import Column
 from trilemma.hookspecs import hookimpl
-from trilemma.metrics import EvalContext, Metric
+from trilemma.metrics import EvalContext, Metric, ReportSection
+from trilemma.nfe import NFE_TOLERANCE
 from trilemma.sampling import make_generator, synchronize
 
 
@@ -34,9 +38,30 @@ def time_sampler(ctx: EvalContext, batch_size: int, repeats: int) -> float:
 
 class SpeedMetric(Metric):
     name = "speed"
+    needs = ("samples", "model")
+    columns = (
+        Column("nfe", better="lower", headline=True, title="NFE", fmt="{:g}",
+               description="network evaluations per sample: the hook count, or the FLOP-based count where that is higher"),
+        Column("nfe_hooks", description="forward calls of sampling_networks(), weighted by batch size, per sample"),
+        Column("nfe_flops", description="the sampler's FLOPs over the FLOPs of one network pass, per sample"),
+        Column("nfe_check", description="agree, or mismatch: the two NFE counts differ by more than 5%"),
+        Column("sample_gflop", better="lower", headline=True, title="GFLOP/sample", fmt="{:.3g}",
+               description="matmul/conv/attention GFLOP the sampler spends per sample"),
+        Column("ms_per_sample", better="lower", headline=True, title="ms/sample", fmt="{:.3g}"),
+        Column("samples_per_s", better="higher", headline=True, title="samples/s", fmt="{:.4g}"),
+        Column("latency_ms_batch1", better="lower", description="wall time of one batch-1 sampler call"),
+        Column("ms_per_sample_b*", better="lower", description="ms per sample at batch size *"),
+        Column("sampling_peak_mem_bytes", description="peak CUDA memory while sampling (NaN on the CPU)"),
+    )
+    protocol_keys = ("batch_sizes", "device")
 
     def compute(self, ctx: EvalContext) -> dict[str, Any]:
-        row: dict[str, Any] = {"nfe": ctx.samples.nfe_per_sample}
+        check = ctx.samples.nfe_check
+        row: dict[str, Any] = {"nfe": ctx.samples.nfe_per_sample, "nfe_hooks": ctx.samples.nfe_per_sample}
+        if check is not None:
+            row.update(nfe_flops=check.flop_nfe, sample_gflop=check.gflop_per_sample, nfe_check=check.verdict)
+            if not check.agree and math.isfinite(check.flop_nfe):
+                row["nfe"] = max(row["nfe"], check.flop_nfe)  # never under-count
         if ctx.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(ctx.device)
         per_sample = {}
@@ -55,9 +80,38 @@ class SpeedMetric(Metric):
         )
         return row
 
+    def report_section(self, frame: pd.DataFrame) -> ReportSection | None:
+        """Every sampler's two NFE counts side by side, mismatches flagged first."""
+        if "nfe_check" not in frame:
+            return None
+        rows = frame[frame["nfe_check"].isin(["agree", "mismatch"])]
+        records, notes = [], []
+        for (model, sampler), group in rows.groupby(["model", "sampler"], sort=False):
+            verdict = "mismatch" if (group["nfe_check"] == "mismatch").any() else "agree"
+            hooks, flops = group["nfe_hooks"].max(), group["nfe_flops"].max()
+            records.append({"model": model, "sampler": sampler, "NFE (hooks)": f"{hooks:g}",
+                            "NFE (FLOPs)": f"{flops:.4g}", "GFLOP/sample": f"{group['sample_gflop'].mean():.4g}",
+                            "check": verdict})
+            if verdict == "mismatch":
+                notes.append(f"⚠ {model}/{sampler}: hooks counted {hooks:g} NFE per sample but its FLOPs imply "
+                             f"{flops:.4g}; the NFE column reports the larger. Its sampler evaluates networks it does "
+                             "not list in sampling_networks(), or calls them without their forward hooks.")
+        if not records:
+            return None
+        notes.append(f"NFE counted by forward hooks on sampling_networks(), and independently as the sampler's FLOPs "
+                     f"(torch.utils.flop_counter, on a probe batch) over the FLOPs of one network pass; they agree "
+                     f"within {NFE_TOLERANCE:.0%} in {sum(r['check'] == 'agree' for r in records)} of {len(records)} "
+                     "samplers.")
+        return ReportSection("NFE cross-check", pd.DataFrame(records), notes)
+
     def protocol(self, ctx: EvalContext) -> dict[str, Any]:
         return {
-            "nfe": "forward calls of sampling_networks(), weighted by batch size, per sample",
+            "summary": f"NFE counted by forward hooks and cross-checked against FLOPs; wall time per sample at "
+                       f"batch sizes {list(ctx.preset.speed_batch_sizes)} (median of {ctx.preset.speed_repeats} after "
+                       f"a warm-up, device synchronised) on {ctx.device}",
+            "nfe": "forward calls of sampling_networks(), weighted by batch size, per sample; cross-checked on a "
+                   "probe batch by torch.utils.flop_counter (sampler FLOPs / FLOPs of one hooked pass); where the "
+                   "two differ by more than 5% the row says mismatch and nfe is the larger",
             "batch_sizes": list(ctx.preset.speed_batch_sizes),
             "repeats": ctx.preset.speed_repeats,
             "ms_per_sample": f"median over repeats after one warm-up, at batch size {max(ctx.preset.speed_batch_sizes)}",

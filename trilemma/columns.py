@@ -1,0 +1,100 @@
+"""Report columns and who owns them.
+
+Every column of ``results.csv`` is declared once: the harness declares its own (identity, training
+cost, parameters), each metric declares the columns it fills. The report's headline table,
+``report --compare`` and the column order read these declarations, and a value can only reach a
+column through the component that declared it: a plugin can add columns, never fill or rename
+another's.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+HARNESS = "harness"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One report column (or a family: ``name`` may end in ``*``, e.g. ``class_share_*``).
+
+    ``better`` says which direction is better (``"lower"``, ``"higher"`` or None); ``headline``
+    puts it in the report's headline table and in ``report --compare`` under ``title``, formatted
+    with ``fmt``. Every row has every declared column (empty where not computed) unless it is
+    ``optional`` or a family."""
+
+    name: str
+    better: Literal["lower", "higher"] | None = None
+    headline: bool = False
+    title: str = ""
+    fmt: str = "{:.4g}"
+    description: str = ""
+    optional: bool = False
+
+    @property
+    def is_family(self) -> bool:
+        return self.name.endswith("*")
+
+    def matches(self, key: str) -> bool:
+        return fnmatch.fnmatchcase(key, self.name) if self.name.endswith("*") else key == self.name
+
+    @property
+    def heading(self) -> str:
+        arrow = {"lower": " ↓", "higher": " ↑"}.get(self.better or "", "")
+        return f"{self.title or self.name}{arrow}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# The harness's own columns: identity first, then cost; metric columns go between the two groups.
+HARNESS_IDENTITY = (
+    Column("model", description="registry name of the model"),
+    Column("sampler", description="the model's sampler (one row each)"),
+    Column("seed"),
+    Column("dataset"),
+    Column("status", description="ok, or failed with the error"),
+    Column("error"),
+)
+HARNESS_COST = (
+    Column("train_seconds", headline=True, title="train s", fmt="{:.0f}", description="training wall time"),
+    Column("train_steps", description="optimizer updates"),
+    Column("images_seen", description="training images processed"),
+    Column("params", headline=True, title="params (all)", fmt="{:,.0f}", description="every parameter of the model"),
+    Column("sampling_params", headline=True, title="params (sampling)", fmt="{:,.0f}",
+           description="parameters of sampling_networks()"),
+    Column("peak_mem_bytes", description="peak CUDA memory in training (NaN on the CPU)"),
+    Column("config_hash", description="hash of the resolved config"),
+)
+
+
+def declared_columns(metrics: Iterable[Any]) -> list[Column]:
+    """Every column of a run's rows in order: the harness's identity columns, each metric's
+    columns in metric order, then the harness's cost columns."""
+    return [*HARNESS_IDENTITY, *(column for metric in metrics for column in metric.columns), *HARNESS_COST]
+
+
+def owner_of(key: str, owners: Mapping[str, Sequence[Column]]) -> str | None:
+    """Which owner (``"harness"`` or a metric name) declared ``key``, if any."""
+    for owner, columns in owners.items():
+        if any(column.matches(key) for column in columns):
+            return owner
+    return None
+
+
+def ordered(keys: Iterable[str], declared: Sequence[Column]) -> list[str]:
+    """``keys`` in declaration order (a family's members sorted), then undeclared keys alphabetically."""
+    keys = list(dict.fromkeys(keys))
+    placed: list[str] = []
+    for column in declared:
+        placed += sorted(k for k in keys if column.matches(k) and k not in placed)
+    return placed + sorted(k for k in keys if k not in placed)
+
+
+def from_dicts(records: Iterable[Mapping[str, Any]]) -> list[Column]:
+    """Columns read back from a manifest."""
+    fields = set(Column.__dataclass_fields__)
+    return [Column(**{k: v for k, v in record.items() if k in fields}) for record in records]
