@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trilemma.environment import PRECISIONS
 from trilemma.errors import TrilemmaError
 from trilemma.presets import PRESET_CHOICES
 
@@ -105,9 +106,13 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
     run.add_argument("--dataset", default="mnist", help="dataset name (default mnist)")
     run.add_argument("--data-dir", type=Path, help="where MNIST lives (default ~/.cache/trilemma)")
     run.add_argument("--resume", action="store_true", help="skip (model, seed) pairs already finished in --out")
-    run.add_argument("--steps", type=whole_number(1), help="override the preset's training steps for every model")
+    run.add_argument("--images", type=whole_number(1), help="train every model on this many images instead")
+    run.add_argument("--steps", type=whole_number(1), help="train every model for this many steps instead")
     run.add_argument("--train-seconds", type=positive_seconds,
-                     help="override the preset's training time for every model")
+                     help="cap each model's training at this wall time (recorded; capped rows are marked and "
+                          "never compared with uncapped ones)")
+    run.add_argument("--precision", default="auto", choices=PRECISIONS,
+                     help="training precision: bf16 autocast where the device and the model allow it (auto), or fp32")
     run.add_argument("--executor", default="local", help="how cells run (default local, in this process)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
@@ -200,7 +205,8 @@ def cmd_run(args: argparse.Namespace, registries: Registries) -> int:
     request = RunRequest(models=models, preset=args.preset, seeds=seeds, overrides=overrides, out_dir=out,
                          device=args.device, dataset=args.dataset, data_dir=args.data_dir, resume=args.resume,
                          progress=not args.no_progress, verbose=args.verbose, train_steps=args.steps,
-                         train_seconds=args.train_seconds, metric_settings=metric_settings(args),
+                         train_images=args.images, train_seconds=args.train_seconds, precision=args.precision,
+                         metric_settings=metric_settings(args),
                          executor=args.executor, command=["trilemma", *args.argv])
     try:
         failed = run(request, registries)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from collections.abc import Iterable
@@ -24,6 +25,48 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TrilemmaError("--device cuda: no CUDA device is available; use --device cpu or auto")
     return torch.device(name)
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 faster than fp32: a CUDA GPU with bf16 support, or a CPU
+    with AVX512-BF16 or AMX-BF16 (oneDNN uses them for bf16 matmuls and convolutions)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """The training precision: ``fp32``, or ``bf16`` (autocast) where the device has fast bf16;
+    ``auto`` picks by the device."""
+    if name not in PRECISIONS:
+        raise TrilemmaError(f"unknown precision {name!r}; valid: {', '.join(PRECISIONS)}")
+    if name == "auto":
+        return "bf16" if fast_bf16(device) else "fp32"
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrilemmaError("--precision bf16: this GPU has no bf16 support; use --precision fp32 or auto")
+    return name
+
+
+def configure_device(device: torch.device) -> dict[str, object]:
+    """Numerics settings for a run on ``device``, returned for the manifest. On CUDA: TF32 for fp32
+    matmuls and convolutions (what a practitioner would use), cuDNN's autotuner off (it times
+    kernels, so its choice could depend on load) and PyTorch's deterministic kernels where they
+    exist, so a seed gives the same numbers on a busy GPU too."""
+    if device.type != "cuda":
+        return {"threads": torch.get_num_threads()}
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS; read at its first use
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return {"tf32": True, "cudnn_benchmark": False, "deterministic_algorithms": "where available (warn otherwise)"}
 
 
 def describe_device(device: torch.device) -> str:

@@ -7,6 +7,7 @@ fails to build or train gives failed rows for its samplers, a sampler that fails
 
 from __future__ import annotations
 
+import math
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,8 +16,10 @@ from typing import Any
 
 import torch
 
+from trilemma.cost import device_peak_gflops, training_flops_per_step
 from trilemma.data import Split
 from trilemma.datasets import Dataset
+from trilemma.environment import configure_device
 from trilemma.evaluate import evaluate_sampler
 from trilemma.model import GenerativeModel, Sampler
 from trilemma.plan import Cell
@@ -83,18 +86,13 @@ def failure_row(base: dict[str, Any], exc: BaseException) -> dict[str, Any]:
     return {**base, "status": FAILED, "error": message}
 
 
-def _train_columns(result: TrainResult) -> dict[str, Any]:
+def _train_columns(result: TrainResult, budget: Budget, flops_per_step: float, peak: float) -> dict[str, Any]:
+    achieved = flops_per_step * result.steps / result.seconds / 1e9 if result.seconds > 0 else math.nan
     return {"train_seconds": result.seconds, "train_steps": result.steps, "images_seen": result.images_seen,
-            "peak_mem_bytes": result.peak_mem_bytes}
-
-
-def _describe_budget(budget: Budget) -> str:
-    parts = []
-    if budget.steps is not None:
-        parts.append(f"{budget.steps} steps")
-    if budget.seconds is not None:
-        parts.append(f"{budget.seconds:g} s")
-    return " or ".join(parts) + f", batch {budget.batch_size}"
+            "train_images_per_s": result.images_seen / result.seconds if result.seconds > 0 else math.nan,
+            "train_gflop_per_step": flops_per_step / 1e9, "train_gflops": achieved, "peak_gflops": peak,
+            "utilisation": achieved / peak if peak > 0 else math.nan, "train_precision": budget.precision,
+            "train_capped": result.capped, "peak_mem_bytes": result.peak_mem_bytes}
 
 
 def _sampler_names(model: GenerativeModel | None) -> list[str]:
@@ -122,6 +120,7 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
     run_dir = RunDirectory(settings.run_dir)
     dataset = registries.datasets[cell.dataset]
     device = torch.device(settings.device)
+    configure_device(device)
     preset = cell.preset
 
     def log_traceback(exc: BaseException) -> None:
@@ -137,14 +136,22 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
         model = model_class(model_class.Config.from_dict(cell.config), channels=dataset.channels).to(device)
         base["params"] = count_parameters(model)
         base["sampling_params"] = sum(count_parameters(net) for net in model.sampling_networks())
-        budget = Budget(preset.train_steps, preset.train_seconds, preset.batch_size, preset.checkpoint_every)
-        log(f"{cell.label}: training ({_describe_budget(budget)}, {base['params']:,} parameters)")
+        budget = Budget(preset.steps, preset.train_seconds, preset.batch_size, preset.checkpoint_every, cell.precision)
+        cap = f", capped at {preset.train_seconds:g} s" if preset.train_seconds is not None else ""
+        log(f"{cell.label}: training on {preset.work}{cap}, {cell.precision}, {base['params']:,} parameters")
         checkpoint = run_dir.checkpoint(cell.model, cell.seed)
         if not settings.resume:
             checkpoint.unlink(missing_ok=True)  # only --resume continues from an earlier checkpoint
-        result = train(model, training_images(dataset, settings.data_dir, device), budget, seed=cell.seed,
-                       checkpoint=checkpoint, progress=settings.progress, desc=cell.label, log=log)
-        base.update(_train_columns(result))
+        images = training_images(dataset, settings.data_dir, device)
+        result = train(model, images, budget, seed=cell.seed, checkpoint=checkpoint, progress=settings.progress,
+                       desc=cell.label, log=log)
+        try:
+            flops = training_flops_per_step(model, images, budget.batch_size, budget.precision, seed=cell.seed)
+        except Exception as exc:  # the cost columns are a measurement of their own; the row stands
+            log(f"{cell.label}: could not count training FLOPs: {type(exc).__name__}: {exc}")
+            flops = math.nan
+        base.update(_train_columns(result, budget, flops,
+                                   device_peak_gflops(device, budget.precision, settings.cache_dir)))
         samplers = samplers_of(model)
     except KeyboardInterrupt:
         raise

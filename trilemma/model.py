@@ -117,7 +117,11 @@ class GenerativeModel(nn.Module):
     Config: ClassVar[type[ModelConfig]] = ModelConfig
     #: Channel counts of data the model can train on (3 for Stacked-MNIST).
     data_channels: ClassVar[tuple[int, ...]] = (1,)
-    #: Per preset: ``{"config": {field: value}, "budget": {"train_steps": .., "train_seconds": ..,
+    #: Training precisions the model keeps its quality in: add "bf16" once measured (same budget,
+    #: FID within the seed-to-seed spread); the harness then trains it under bf16 autocast where
+    #: the device is fast at bf16.
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    #: Per preset: ``{"config": {field: value}, "budget": {"train_images": .. (or "train_steps"),
     #: "batch_size": ..}}``; the command line's ``--set`` overrides these.
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
 

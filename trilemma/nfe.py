@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+
+from trilemma.flops import FlopCounter
 
 #: Relative difference between the hook count and the FLOP-based count that still agrees.
 NFE_TOLERANCE = 0.05
@@ -109,7 +110,7 @@ class NFECheck:
 def check_nfe(networks: Sequence[nn.Module], sampler: Callable[[int, torch.Generator | None], Any], n: int,
               generator: torch.Generator | None = None) -> NFECheck:
     """Run ``sampler`` on ``n`` samples under a FLOP counter and forward hooks; both counts."""
-    mode = FlopCounterMode(display=False)
+    mode = FlopCounter()
     counter = NFECounter(networks, flops=mode.get_total_flops)
     with mode, counter.counting():
         sampler(n, generator)

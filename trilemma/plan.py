@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from trilemma.datasets import Dataset
-from trilemma.environment import resolve_device
+from trilemma.environment import resolve_device, resolve_precision
 from trilemma.errors import TrilemmaError
 from trilemma.model import ModelConfig, resolve_config
 from trilemma.plugins import Registries
@@ -37,7 +37,9 @@ class RunRequest:
     progress: bool = True
     verbose: bool = False
     train_steps: int | None = None
-    train_seconds: float | None = None
+    train_images: int | None = None
+    train_seconds: float | None = None  # a wall-time cap, recorded in the protocol
+    precision: str = "auto"
     metric_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     executor: str = "local"
     command: list[str] = field(default_factory=lambda: ["trilemma", "run"])  # as typed, for the manifest
@@ -54,6 +56,7 @@ class Cell:
     config: dict[str, Any] = field(hash=False)
     config_hash: str
     preset: Preset
+    precision: str = "fp32"
     variant: str = ""
 
     @property
@@ -68,6 +71,7 @@ class ModelPlan:
     config: ModelConfig
     preset: Preset
     provider: Provider
+    precision: str
 
 
 @dataclass
@@ -79,6 +83,8 @@ class Plan:
     preset: str
     models: dict[str, ModelPlan]
     cells: list[Cell]
+    precision: str  # what the run asked for (a model that does not list bf16 trains in fp32)
+    train_seconds_cap: float | None = None
 
 
 def plan_run(request: RunRequest, registries: Registries) -> Plan:
@@ -97,6 +103,7 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
     if request.executor not in registries.executors:
         raise TrilemmaError(f"unknown executor {request.executor!r}; valid: {', '.join(registries.executors.names())}")
     base = get_preset(request.preset, device.type)
+    precision = resolve_precision(request.precision, device)
     models = {}
     for name in request.models:
         cls = registries.models[name]
@@ -110,9 +117,15 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
         except Exception as exc:  # a plugin's malformed presets or Config
             raise TrilemmaError(f"model {name!r} ({registries.models.provider(name)}): cannot resolve its "
                                 f"{base.name} preset: {type(exc).__name__}: {exc}") from exc
-        if request.train_steps is not None or request.train_seconds is not None:
-            preset = preset.with_budget({"train_steps": request.train_steps, "train_seconds": request.train_seconds})
-        models[name] = ModelPlan(config, preset, registries.models.provider(name))
-    cells = [Cell(name, dataset.name, seed, plan.config.to_dict(), plan.config.config_hash(), plan.preset)
+        if request.train_steps is not None:
+            preset = preset.with_budget({"train_steps": request.train_steps})
+        if request.train_images is not None:
+            preset = preset.with_budget({"train_images": request.train_images})
+        if request.train_seconds is not None:
+            preset = preset.capped(request.train_seconds)
+        model_precision = precision if precision in cls.precisions else "fp32"
+        models[name] = ModelPlan(config, preset, registries.models.provider(name), model_precision)
+    cells = [Cell(name, dataset.name, seed, plan.config.to_dict(), plan.config.config_hash(), plan.preset,
+                  plan.precision)
              for seed in request.seeds for name, plan in models.items()]
-    return Plan(dataset, device, base.name, models, cells)
+    return Plan(dataset, device, base.name, models, cells, precision, request.train_seconds)

@@ -1,4 +1,9 @@
-"""Named run sizes: how long each model trains and how many samples each metric sees."""
+"""Named run sizes: how much each model trains and how many samples each metric sees.
+
+Budgets are work, never wall time: training images (or, where a model says so, optimizer steps),
+so a preset and a seed give the same numbers on a fast, slow or busy machine. A wall-time cap is
+an explicit user option (``--train-seconds``), recorded in the protocol; rows it cut short say so.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,18 @@ from typing import Any
 
 from trilemma.errors import TrilemmaError
 
+#: The keys a model's ``presets[name]["budget"]`` may set.
+BUDGET_KEYS = ("train_images", "train_steps", "batch_size")
+
 
 @dataclass(frozen=True)
 class Preset:
-    """A run size. A model may override ``train_steps``, ``train_seconds`` and ``batch_size``
-    for a preset through its ``presets[name]["budget"]``."""
+    """A run size. A model may set ``train_images`` (or ``train_steps``) and ``batch_size`` for a
+    preset through its ``presets[name]["budget"]``; setting one of the two budgets clears the other."""
 
     name: str
-    train_steps: int | None  # stop after this many updates (None: no step limit)
-    train_seconds: float | None  # or after this much wall time (None: no time limit)
+    train_images: int | None  # train on this many images (steps = ⌈images / batch size⌉)
+    train_steps: int | None  # or for this many optimizer steps, where a model counts in steps
     batch_size: int
     eval_samples: int  # generated samples per (model, sampler) for quality and coverage
     stacked_samples: int  # generated samples for Stacked-MNIST coverage (PacGAN: 26,000)
@@ -25,6 +33,7 @@ class Preset:
     speed_repeats: int  # timed repeats per batch size, after one warm-up
     sample_batch_size: int  # batch size when generating the evaluation samples
     checkpoint_every: int  # steps between checkpoints
+    train_seconds: float | None = None  # a wall-time cap: only ever set by the user (--train-seconds)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -32,8 +41,10 @@ class Preset:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise TrilemmaError(f"preset {self.name}: {name} must be a whole number ≥ {low}, got {value!r}")
 
-        if self.train_steps is None and self.train_seconds is None:
-            raise TrilemmaError(f"preset {self.name}: a budget needs train_steps, train_seconds or both")
+        if (self.train_images is None) == (self.train_steps is None):
+            raise TrilemmaError(f"preset {self.name}: a budget needs train_images or train_steps (one of them)")
+        if self.train_images is not None:
+            whole("train_images", 1, self.train_images)
         if self.train_steps is not None:
             whole("train_steps", 1, self.train_steps)
         if self.train_seconds is not None and (
@@ -48,31 +59,55 @@ class Preset:
         for size in self.speed_batch_sizes:
             whole("speed_batch_sizes", 1, size)
 
+    @property
+    def steps(self) -> int:
+        """Optimizer steps the budget allows."""
+        if self.train_steps is not None:
+            return self.train_steps
+        return math.ceil(self.train_images / self.batch_size)
+
+    @property
+    def work(self) -> str:
+        """The budget in words, for logs."""
+        if self.train_steps is not None:
+            return f"{self.train_steps:,} steps of {self.batch_size}"
+        return f"{self.train_images:,} images ({self.steps:,} steps of {self.batch_size})"
+
     def with_budget(self, overrides: Mapping[str, Any], where: str = "") -> Preset:
-        """This preset with some of ``train_steps``, ``train_seconds`` and ``batch_size`` replaced;
-        anything else, or a value out of range, is a ``TrilemmaError`` naming ``where``."""
-        allowed = {"train_steps", "train_seconds", "batch_size"}
-        unknown = set(overrides) - allowed
+        """This preset with some of ``train_images``, ``train_steps`` and ``batch_size`` replaced
+        (a model's budget); anything else, or a value out of range, is a ``TrilemmaError`` naming
+        ``where``."""
+        unknown = set(overrides) - set(BUDGET_KEYS)
         if unknown:
-            raise TrilemmaError(f"{where}preset budget: unknown key(s) {sorted(unknown)}; valid: {sorted(allowed)}")
+            hint = "; budgets are work, not time (--train-seconds is the user's cap)" if "train_seconds" in unknown else ""
+            raise TrilemmaError(f"{where}preset budget: unknown key(s) {sorted(unknown)}; valid: {list(BUDGET_KEYS)}{hint}")
+        changes = dict(overrides)
+        if "train_images" in changes and "train_steps" not in changes:
+            changes["train_steps"] = None
+        elif "train_steps" in changes and "train_images" not in changes:
+            changes["train_images"] = None
         try:
-            return replace(self, **overrides)
+            return replace(self, **changes)
         except TrilemmaError as exc:
             raise TrilemmaError(f"{where}{exc}") from None
 
+    def capped(self, seconds: float) -> Preset:
+        """This preset under a wall-time cap (the user's ``--train-seconds``)."""
+        return replace(self, train_seconds=seconds)
+
 
 PRESETS: dict[str, Preset] = {
-    "smoke": Preset("smoke", train_steps=3, train_seconds=None, batch_size=16, eval_samples=200,
+    "smoke": Preset("smoke", train_images=None, train_steps=3, batch_size=16, eval_samples=200,
                     stacked_samples=200, speed_batch_sizes=(8,), speed_repeats=1, sample_batch_size=32,
                     checkpoint_every=1000, description="seconds; for tests"),
-    "quick": Preset("quick", train_steps=None, train_seconds=150, batch_size=128, eval_samples=1000,
+    "quick": Preset("quick", train_images=32_000, train_steps=None, batch_size=128, eval_samples=1000,
                     stacked_samples=26000, speed_batch_sizes=(1, 64), speed_repeats=2, sample_batch_size=500,
                     checkpoint_every=500, description="every built-in model within about 30 minutes on a 2-core CPU"),
-    "standard": Preset("standard", train_steps=None, train_seconds=240, batch_size=128, eval_samples=10000,
+    "standard": Preset("standard", train_images=1_000_000, train_steps=None, batch_size=128, eval_samples=10000,
                        stacked_samples=26000, speed_batch_sizes=(1, 64, 256), speed_repeats=3,
                        sample_batch_size=1000, checkpoint_every=2000,
-                       description="GPU: every model within about 30 minutes on one H100-class GPU"),
-    "paper": Preset("paper", train_steps=None, train_seconds=3600, batch_size=128, eval_samples=50000,
+                       description="GPU: every built-in model within about 10 minutes on one H100"),
+    "paper": Preset("paper", train_images=20_000_000, train_steps=None, batch_size=128, eval_samples=50000,
                     stacked_samples=26000, speed_batch_sizes=(1, 64, 256), speed_repeats=5,
                     sample_batch_size=1000, checkpoint_every=5000, description="long runs"),
 }

@@ -47,7 +47,8 @@ class Recorder:
     rows and manifest entries."""
 
     def __init__(self, run_dir: RunDirectory, plan: Plan, request: RunRequest, registries: Registries,
-                 declared: Sequence[Column], path_flags: Iterable[str] = ("--out", "--data-dir")) -> None:
+                 declared: Sequence[Column], path_flags: Iterable[str] = ("--out", "--data-dir"),
+                 numerics: dict[str, Any] | None = None) -> None:
         self.run_dir = run_dir
         self.plan = plan
         self.request = request
@@ -57,6 +58,7 @@ class Recorder:
         self.table: ResultsTable = run_dir.load_table()
         self.run_dir.read_manifest()  # a damaged manifest stops the run before any work
         self.data_source: str | None = None
+        self.numerics = numerics or {}
 
     def finished(self, cell: Cell) -> bool:
         return self.table.finished(cell.model, cell.seed)
@@ -89,18 +91,20 @@ class Recorder:
                 "commands": list(dict.fromkeys([*manifest.get("commands", []), self.command])),
                 "dataset": plan.dataset.name,
                 "data_source": self.data_source,
-                "device": {"type": plan.device.type, "name": describe_device(plan.device)},
+                "device": {"type": plan.device.type, "name": describe_device(plan.device), **self.numerics},
                 "seeds": sorted({*manifest.get("seeds", []), *self.request.seeds}),
                 "preset": plan.preset,
+                "training": {"budget": "work: training images (or steps), never wall time",
+                             "precision": plan.precision, "train_seconds_cap": plan.train_seconds_cap},
                 "models": {
                     **manifest.get("models", {}),
                     **{name: {
                         "distribution": str(model.provider),
                         "config": model.config.to_dict(),
                         "config_hash": model.config.config_hash(),
-                        "budget": {"train_steps": model.preset.train_steps,
-                                   "train_seconds": model.preset.train_seconds,
+                        "budget": {"train_images": model.preset.train_images, "train_steps": model.preset.steps,
                                    "batch_size": model.preset.batch_size},
+                        "precision": model.precision,
                         "eval_samples": model.preset.eval_samples,
                     } for name, model in plan.models.items()},
                 },

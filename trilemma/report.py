@@ -54,7 +54,8 @@ def protocol_fields(manifests: Sequence[dict[str, Any]]) -> list[tuple[str, ...]
             keys.setdefault(metric, list(names))
     if not keys:
         keys = {metric.name: list(metric.protocol_keys) for metric in _registered_metrics()}
-    return [("dataset",)] + [("metrics", metric, key) for metric, names in keys.items() for key in names]
+    harness = [("dataset",), ("training", "precision"), ("training", "train_seconds_cap")]
+    return harness + [("metrics", metric, key) for metric, names in keys.items() for key in names]
 
 
 # --- loading and aggregation ------------------------------------------------------------------
@@ -158,6 +159,11 @@ def protocol_lines(manifest: dict[str, Any]) -> list[str]:
         f"seeds {manifest.get('seeds')}",
         f"- Device: {_get(manifest, ('device', 'name'))}",
     ]
+    training = manifest.get("training") or {}
+    if training:
+        cap = training.get("train_seconds_cap")
+        lines.append(f"- Training: budgets in {str(training.get('budget', 'work')).split(':')[0]}; precision "
+                     f"{training.get('precision')}; " + (f"**capped at {cap:g} s of wall time**" if cap else "no time cap"))
     for metric, protocol in (manifest.get("metrics") or {}).items():
         if isinstance(protocol, dict) and protocol:
             described = protocol.get("summary") or "; ".join(f"{k}: {v}" for k, v in protocol.items())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from trilemma.columns import declared_columns
 from trilemma.data import default_data_dir
+from trilemma.environment import configure_device
 from trilemma.errors import TrilemmaError
 from trilemma.execute import CellOutcome, ExecutionSettings, load_data
 from trilemma.executors import Job
@@ -31,6 +32,7 @@ def say_who_provides(plan: Plan, request: RunRequest, registries: Registries, lo
 def run(request: RunRequest, registries: Registries, log: Callable[[str], None] = print) -> int:
     """Run the request; returns the number of failed rows in the run directory."""
     plan = plan_run(request, registries)
+    numerics = configure_device(plan.device)
     metrics = registries.metrics.in_order()
     metric_settings = {entry.name: resolve_settings(entry.name, entry.item.settings,
                                                     request.metric_settings.get(entry.name, {}))
@@ -40,7 +42,8 @@ def run(request: RunRequest, registries: Registries, log: Callable[[str], None] 
     run_dir = RunDirectory(request.out_dir)
     run_dir.ensure_writable()
     say_who_provides(plan, request, registries, log)
-    recorder = Recorder(run_dir, plan, request, registries, declared_columns(e.item for e in metrics), path_flags)
+    recorder = Recorder(run_dir, plan, request, registries, declared_columns(e.item for e in metrics), path_flags,
+                        numerics)
     with run_dir.locked(recorder.command) as lock:
         if lock.took_over:
             log(f"took over the lock of an earlier run that did not finish (pid {lock.took_over.get('pid')} on "

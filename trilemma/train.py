@@ -19,16 +19,25 @@ from trilemma.model import GenerativeModel
 
 @dataclass(frozen=True)
 class Budget:
-    """Train until ``steps`` updates or ``seconds`` of wall time, whichever comes first."""
+    """Train for ``steps`` updates of ``batch_size`` images, under ``precision`` ("fp32", or "bf16"
+    autocast); ``seconds``, when given, is a wall-time cap that may stop training earlier."""
 
-    steps: int | None
+    steps: int
     seconds: float | None
     batch_size: int
     checkpoint_every: int = 1000
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        if self.steps is None and self.seconds is None:
-            raise ValueError("a training budget needs steps, seconds or both")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"a training budget needs a whole number of steps ≥ 1, got {self.steps!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bf16 autocast on ``device`` for ``precision`` "bf16"; a disabled one for "fp32"."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @dataclass
@@ -39,6 +48,7 @@ class TrainResult:
     losses: dict[str, float] = field(default_factory=dict)
     peak_mem_bytes: float = math.nan
     resumed_from_step: int = 0
+    capped: bool = False  # the wall-time cap stopped training before the budget's steps
 
 
 class CheckpointError(Exception):
@@ -56,7 +66,8 @@ def _as_floats(losses: Any, step: int) -> dict[str, float]:
 def checkpoint_identity(model: GenerativeModel, budget: Budget) -> dict[str, Any]:
     """What a checkpoint must have been trained under to be continued: the config and the budget
     (the wall-time cap aside, which only says when to stop)."""
-    return {"config": model.config.to_dict(), "steps": budget.steps, "batch_size": budget.batch_size}
+    return {"config": model.config.to_dict(), "steps": budget.steps, "batch_size": budget.batch_size,
+            "precision": budget.precision}
 
 
 def rng_state(data_generator: torch.Generator, order: torch.Tensor) -> dict[str, Any]:
@@ -143,7 +154,8 @@ def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed:
             state = load_checkpoint(checkpoint, model, identity)
             start_step, spent = state["step"], state["seconds"]
             if state["done"]:
-                return TrainResult(start_step, spent, start_step * budget.batch_size, resumed_from_step=start_step)
+                return TrainResult(start_step, spent, start_step * budget.batch_size, resumed_from_step=start_step,
+                                   capped=start_step < budget.steps)
             rng = state["rng"]
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and torch.cuda.is_available():
@@ -167,17 +179,16 @@ def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed:
                unit="step", dynamic_ncols=True, mininterval=1.0)
     try:
         while True:
-            elapsed = spent + time.perf_counter() - began
-            if (budget.steps is not None and step >= budget.steps) or (
-                budget.seconds is not None and elapsed >= budget.seconds
-            ):
+            if step >= budget.steps or (budget.seconds is not None
+                                        and spent + time.perf_counter() - began >= budget.seconds):
                 break
             within = step % steps_per_epoch
             if within == 0 and step > 0:  # a new epoch (a resumed run restored the order it had)
                 order = torch.randperm(n, generator=generator, device=device)
             index = order[within * budget.batch_size : (within + 1) * budget.batch_size]
             batch = images[index].float().div_(255)
-            losses = _as_floats(model.training_step(batch, step), step)
+            with autocast(device, budget.precision):
+                losses = _as_floats(model.training_step(batch, step), step)
             step += 1
             bar.update(1)
             if step % 20 == 0:
@@ -191,5 +202,6 @@ def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed:
     if checkpoint is not None:
         save_checkpoint(checkpoint, model, step, seconds, True, identity)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else math.nan
-    return TrainResult(step, seconds, step * budget.batch_size, losses, peak, resumed_from_step=start_step)
+    return TrainResult(step, seconds, step * budget.batch_size, losses, peak, resumed_from_step=start_step,
+                       capped=step < budget.steps)
 

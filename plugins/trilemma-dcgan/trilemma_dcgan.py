@@ -73,10 +73,11 @@ class DCGAN(trilemma.GenerativeModel):
     name = "dcgan"
     Config = DCGANConfig
     data_channels = (1, 3)
+    precisions = ("fp32", "bf16")
     presets = {
         "smoke": {"config": {"width": 8, "latent_dim": 16}},
-        "quick": {"budget": {"train_seconds": 180, "batch_size": 64}},
-        "standard": {"budget": {"train_seconds": 300, "batch_size": 128}},
+        "quick": {"budget": {"train_images": 192_000, "batch_size": 64}},  # 3,000 steps
+        "standard": {"budget": {"train_images": 1_280_000, "batch_size": 128}},
     }
 
     def __init__(self, config: DCGANConfig | None = None, channels: int = 1) -> None:
@@ -85,6 +86,9 @@ class DCGAN(trilemma.GenerativeModel):
         self.generator = Generator(c.latent_dim, c.width, channels)
         self.discriminator = Discriminator(c.width, channels)
         self.apply(init_weights)
+        # Channels-last convolutions: with bf16 autocast a CPU training step took 52 ms instead of
+        # 73 ms (batch 64, 2 cores); BatchNorm has fast channels-last kernels, unlike GroupNorm.
+        self.to(memory_format=torch.channels_last)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         betas = (self.config.beta1, 0.999)
@@ -94,7 +98,7 @@ class DCGAN(trilemma.GenerativeModel):
         }
 
     def training_step(self, batch: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        real = batch * 2 - 1
+        real = (batch * 2 - 1).contiguous(memory_format=torch.channels_last)
         z = torch.randn(len(batch), self.config.latent_dim, device=batch.device)
         fake = self.generator(z)
 

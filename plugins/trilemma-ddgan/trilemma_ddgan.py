@@ -42,8 +42,11 @@ def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
     sees batch statistics can penalise a generator whose samples look alike."""
     n, c, height, width = h.shape
     g = math.gcd(group, n)
-    std = h.reshape(g, n // g, c, height, width).var(dim=0, unbiased=False).add(1e-8).sqrt()
-    std = std.mean(dim=(1, 2, 3)).view(-1, 1, 1, 1).repeat(g, 1, height, width)
+    # In fp32 whatever the autocast dtype, and as mean of squared deviations: Tensor.var over the
+    # leading dimension took 4 ms of a 100 ms training step on the CPU, this 0.5 ms.
+    grouped = h.float().reshape(g, n // g, c * height * width)
+    std = (grouped - grouped.mean(dim=0)).square().mean(dim=0).add(1e-8).sqrt()
+    std = std.mean(dim=1).view(-1, 1, 1, 1).repeat(g, 1, height, width).to(h.dtype)
     return torch.cat([h, std], dim=1)
 
 
@@ -98,15 +101,16 @@ class DDGAN(trilemma.GenerativeModel):
     name = "ddgan"
     Config = DDGANConfig
     data_channels = (1, 3)
+    precisions = ("fp32", "bf16")
     presets = {
         "smoke": {"config": {"base_channels": 8, "disc_width": 8, "latent_dim": 8}},
-        # A light generator (8/16/32 channels at 28/14/7 pixels) and batch 32, so that a 2-core CPU
-        # takes about 3,000 steps in 360 s (0.08–0.14 s a step measured there; 0.26 s for 8/32/64 at batch 64).
+        # A light generator (8/16/32 channels at 28/14/7 pixels). Batch 64: with bf16 autocast a 2-core
+        # CPU trains 400 images/s at batch 64 against 265 at batch 32 (fp32 at 32: 275).
         # At lr 5e-4/4e-4 seed 1 dropped the digit 1 (0.1% of samples); at half that it kept 10/10.
         "quick": {"config": {"base_channels": 8, "channel_mults": (1, 2, 4), "disc_width": 32, "lr_g": 2.5e-4,
                              "lr_d": 2e-4, "ema_decay": 0.995},
-                  "budget": {"train_seconds": 360, "batch_size": 32}},
-        "standard": {"budget": {"train_seconds": 600, "batch_size": 128}},
+                  "budget": {"train_images": 128_000, "batch_size": 64}},  # 2,000 steps
+        "standard": {"budget": {"train_images": 1_280_000, "batch_size": 128}},
     }
 
     def __init__(self, config: DDGANConfig | None = None, channels: int = 1) -> None:

@@ -61,10 +61,11 @@ class VAE(trilemma.GenerativeModel):
     name = "vae"
     Config = VAEConfig
     data_channels = (1, 3)
+    precisions = ("fp32", "bf16")
     presets = {
         "smoke": {"config": {"filters": 8}},
-        "quick": {"budget": {"train_seconds": 180}},  # as long as the DCGAN
-        "standard": {"budget": {"train_seconds": 180}},
+        "quick": {"budget": {"train_images": 192_000}},  # 1,500 steps of 128
+        "standard": {"budget": {"train_images": 1_280_000}},
     }
 
     def __init__(self, config: VAEConfig | None = None, channels: int = 1) -> None:
@@ -72,11 +73,13 @@ class VAE(trilemma.GenerativeModel):
         c = self.config
         self.encoder = Encoder(channels, c.filters, c.latent_dim)
         self.decoder = Decoder(channels, c.filters, c.latent_dim)
+        self.to(memory_format=torch.channels_last)  # fp32 CPU step 130 ms instead of 166 (batch 128, 2 cores)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"adam": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = x.contiguous(memory_format=torch.channels_last)
         mean, logvar = self.encoder(x)
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)  # reparameterisation trick
         logits = self.decoder(z)

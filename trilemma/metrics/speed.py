@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
@@ -17,14 +18,20 @@ from trilemma.hookspecs import hookimpl
 from trilemma.metrics import EvalContext, Metric, ReportSection
 from trilemma.nfe import NFE_TOLERANCE
 from trilemma.sampling import make_generator, synchronize
+from trilemma.settings import Setting
 
 
 @torch.no_grad()
-def time_sampler(ctx: EvalContext, batch_size: int, repeats: int) -> float:
-    """Median seconds for one call of the sampler on ``batch_size`` samples, after a warm-up."""
+def time_sampler(ctx: EvalContext, batch_size: int, repeats: int) -> tuple[float, float]:
+    """Median seconds for one call of the sampler on ``batch_size`` samples after a warm-up call,
+    and the seconds of that warm-up (allocations, lazy init, compilation)."""
     generator = make_generator(ctx.device, ctx.seed + 1)
     ctx.model.eval()
-    ctx.sampler(batch_size, generator)  # warm-up: allocations, cuDNN autotuning, lazy init
+    synchronize(ctx.device)
+    start = time.perf_counter()
+    ctx.sampler(batch_size, generator)
+    synchronize(ctx.device)
+    warm_up = time.perf_counter() - start
     times = []
     for _ in range(max(1, repeats)):
         synchronize(ctx.device)
@@ -33,7 +40,25 @@ def time_sampler(ctx: EvalContext, batch_size: int, repeats: int) -> float:
         synchronize(ctx.device)
         times.append(time.perf_counter() - start)
     times.sort()
-    return times[len(times) // 2]
+    return times[len(times) // 2], warm_up
+
+
+@contextmanager
+def compiled(networks: list[torch.nn.Module]) -> Iterator[None]:
+    """The networks compiled in place for the block (``nn.Module.compile`` with
+    ``mode="reduce-overhead"``: CUDA graphs, which remove the launch cost that dominates few-step
+    samplers), then back to eager."""
+    for net in networks:
+        net.compile(mode="reduce-overhead", dynamic=False)
+    try:
+        yield
+    finally:
+        for net in networks:
+            net._compiled_call_impl = None
+
+
+def compiled_max_nfe(value: Any, device: torch.device) -> float:
+    return (4 if device.type == "cuda" else 0) if value is None else float(value)
 
 
 class SpeedMetric(Metric):
@@ -52,8 +77,18 @@ class SpeedMetric(Metric):
         Column("latency_ms_batch1", better="lower", description="wall time of one batch-1 sampler call"),
         Column("ms_per_sample_b*", better="lower", description="ms per sample at batch size *"),
         Column("sampling_peak_mem_bytes", description="peak CUDA memory while sampling (NaN on the CPU)"),
+        Column("ms_per_sample_compiled", better="lower", optional=True,
+               description="ms per sample at the largest batch, networks compiled (CUDA graphs)"),
+        Column("latency_ms_batch1_compiled", better="lower", optional=True),
+        Column("ms_per_sample_compiled_b*", better="lower"),
+        Column("compile_seconds", optional=True, description="warm-up (compilation) time of the compiled timing"),
     )
-    protocol_keys = ("batch_sizes", "device")
+    protocol_keys = ()
+    settings = (
+        Setting("compiled_max_nfe", parse=int, default=None, protocol=False,
+                help="also time samplers with at most this NFE with their networks compiled (CUDA graphs); "
+                     "default 4 on CUDA, 0 (off) on the CPU, where compiling measured no gain"),
+    )
 
     def compute(self, ctx: EvalContext) -> dict[str, Any]:
         check = ctx.samples.nfe_check
@@ -64,20 +99,31 @@ class SpeedMetric(Metric):
                 row["nfe"] = max(row["nfe"], check.flop_nfe)  # never under-count
         if ctx.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(ctx.device)
-        per_sample = {}
-        for batch_size in ctx.preset.speed_batch_sizes:
-            seconds = time_sampler(ctx, batch_size, ctx.preset.speed_repeats)
-            per_sample[batch_size] = seconds / batch_size
-            row[f"ms_per_sample_b{batch_size}"] = 1000 * seconds / batch_size
-            if batch_size == 1:
-                row["latency_ms_batch1"] = 1000 * seconds
-        largest = max(per_sample)
-        row["ms_per_sample"] = 1000 * per_sample[largest]
-        row["samples_per_s"] = 1 / per_sample[largest]
-        row.setdefault("latency_ms_batch1", math.nan)
+        row.update(self.timings(ctx, ""))
+        row["samples_per_s"] = 1000 / row["ms_per_sample"]
+        if 0 < row["nfe"] <= compiled_max_nfe(ctx.settings.get("compiled_max_nfe"), ctx.device):
+            try:
+                with compiled(ctx.model.sampling_networks()):
+                    row.update(self.timings(ctx, "_compiled"))
+            except Exception as exc:  # compilation is an extra measurement; its failure is said, not fatal
+                ctx.log(f"{ctx.model_name}/{ctx.sampler_name}: compiled timing skipped: {type(exc).__name__}: {exc}")
         row["sampling_peak_mem_bytes"] = (
             torch.cuda.max_memory_allocated(ctx.device) if ctx.device.type == "cuda" else math.nan
         )
+        return row
+
+    def timings(self, ctx: EvalContext, suffix: str) -> dict[str, float]:
+        row: dict[str, float] = {"latency_ms_batch1" + suffix: math.nan}
+        warm_up = 0.0
+        for batch_size in ctx.preset.speed_batch_sizes:
+            seconds, warm = time_sampler(ctx, batch_size, ctx.preset.speed_repeats)
+            warm_up += warm
+            row[f"ms_per_sample{suffix}_b{batch_size}"] = 1000 * seconds / batch_size
+            if batch_size == 1:
+                row["latency_ms_batch1" + suffix] = 1000 * seconds
+        row["ms_per_sample" + suffix] = row[f"ms_per_sample{suffix}_b{max(ctx.preset.speed_batch_sizes)}"]
+        if suffix:
+            row["compile_seconds"] = warm_up
         return row
 
     def report_section(self, frame: pd.DataFrame) -> ReportSection | None:
