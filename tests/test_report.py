@@ -36,7 +36,8 @@ def make_run(path, seeds=(0, 1, 2), fail=("dcgan", 2), offset=0.0, manifest=MANI
                 rows.append({"model": model, "sampler": sampler, "seed": seed, "dataset": "mnist", "status": "ok",
                              "error": "", "fid": FID[model, sampler] + offset + rng.normal(), "is_mean": 9 + rng.normal(),
                              "nfe": nfe, "samples_per_s": 1000 / nfe, "ms_per_sample": nfe, "modes_covered": 10,
-                             "modes_total": 10, "kl_to_test": 0.01, "precision": 0.8, "recall": 0.7,
+                             "modes_total": 10, "kl_to_test": 0.01, "coverage_score": float(np.exp(-0.01)),
+                             "precision": 0.8, "recall": 0.7,
                              **{f"class_share_{k}": shares[k] for k in range(10)}})
     path.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(path / "results.csv", index=False)

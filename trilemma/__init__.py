@@ -11,7 +11,7 @@ from trilemma.execute import CellOutcome, ExecutionSettings
 from trilemma.executors import Executor, Job
 from trilemma.hookspecs import hookimpl, hookspec
 from trilemma.metrics import EvalContext, Metric, ReportSection
-from trilemma.model import GenerativeModel, ModelConfig, Sampler
+from trilemma.model import GenerativeModel, LogLikelihood, ModelConfig, Sampler
 from trilemma.plan import Cell
 from trilemma.plugins import Registries, collect, get_plugin_manager
 from trilemma.presets import Preset
@@ -29,6 +29,7 @@ __all__ = [
     "Executor",
     "GenerativeModel",
     "Job",
+    "LogLikelihood",
     "Metric",
     "ModelConfig",
     "Preset",

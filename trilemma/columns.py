@@ -24,7 +24,8 @@ class Column:
     ``better`` says which direction is better (``"lower"``, ``"higher"`` or None); ``headline``
     puts it in the report's headline table and in ``report --compare`` under ``title``, formatted
     with ``fmt``. Every row has every declared column (empty where not computed) unless it is
-    ``optional`` or a family."""
+    ``optional`` or a family. ``axis`` makes it an axis of the report's trilemma chart (the first
+    declared column for each of quality, speed and coverage)."""
 
     name: str
     better: Literal["lower", "higher"] | None = None
@@ -33,6 +34,7 @@ class Column:
     fmt: str = "{:.4g}"
     description: str = ""
     optional: bool = False
+    axis: Literal["quality", "speed", "coverage"] | None = None
 
     @property
     def is_family(self) -> bool:
@@ -83,6 +85,15 @@ def declared_columns(metrics: Iterable[Any]) -> list[Column]:
     """Every column of a run's rows in order: the harness's identity columns, each metric's
     columns in metric order, then the harness's cost columns."""
     return [*HARNESS_IDENTITY, *(column for metric in metrics for column in metric.columns), *HARNESS_COST]
+
+
+def chart_axes(columns: Iterable[Column]) -> dict[str, Column]:
+    """The trilemma chart's axes: the first declared column for each of quality, speed, coverage."""
+    axes: dict[str, Column] = {}
+    for column in columns:
+        if column.axis and column.axis not in axes:
+            axes[column.axis] = column
+    return axes
 
 
 def owner_of(key: str, owners: Mapping[str, Sequence[Column]]) -> str | None:

@@ -12,7 +12,7 @@ import json
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Literal, Union
 
 import torch
 from torch import nn
@@ -20,6 +20,17 @@ from torch import nn
 from trilemma.errors import TrilemmaError
 
 Sampler = Callable[[int, torch.Generator | None], torch.Tensor]
+LikelihoodKind = Literal["exact", "elbo", "vlb"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LogLikelihood:
+    """log p(x) of each 8-bit image (the discrete image, 256 levels a pixel), in nats, or a lower
+    bound on it: ``kind`` is ``exact`` (a flow), ``elbo`` (a VAE) or ``vlb`` (a diffusion model's
+    variational bound). Bits per dimension = −nats / (pixels · ln 2)."""
+
+    nats: torch.Tensor
+    kind: LikelihoodKind
 
 
 @dataclasses.dataclass
@@ -159,8 +170,19 @@ class GenerativeModel(nn.Module):
     def sampling_networks(self) -> list[nn.Module]:
         """The modules whose forward calls are network function evaluations when sampling.
 
-        List top-level networks only (not their sub-modules), or calls are counted twice."""
+        List top-level networks only; a listed network called inside another is part of its
+        evaluation."""
         raise NotImplementedError
+
+    # --- likelihood (optional) --------------------------------------------------------------
+    def log_likelihood(self, images: torch.Tensor, generator: torch.Generator | None = None) -> LogLikelihood:
+        """Optionally, the log-likelihood (or a bound) of N×C×28×28 uint8 images; models that
+        have none leave this alone, and the harness reports no bits per dimension for them."""
+        raise NotImplementedError
+
+    @classmethod
+    def has_likelihood(cls) -> bool:
+        return cls.log_likelihood is not GenerativeModel.log_likelihood
 
     @property
     def device(self) -> torch.device:

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from trilemma.columns import Column  # noqa: E402
+
 DPI = 110
 
 
@@ -38,53 +40,69 @@ def pareto_frontier(frame: pd.DataFrame, x: str = "nfe", y: str = "fid") -> pd.D
     return points.loc[keep]
 
 
-def fid_vs_nfe(frame: pd.DataFrame, path: Path) -> Path | None:
-    """FID against NFE (log scale), every (model, sampler), the Pareto frontier marked."""
-    points = frame.dropna(subset=["nfe", "fid"])
+def fid_vs_nfe(frame: pd.DataFrame, path: Path, quality: Column) -> Path | None:
+    """The quality axis (FID) against NFE (log scale), every (model, sampler), the Pareto frontier marked."""
+    y = quality.name
+    points = frame.dropna(subset=["nfe", y])
     if points.empty:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     models = sorted(points["model"].unique())
-    colours = dict(zip(models, plt.cm.tab10(np.linspace(0, 1, 10))[: len(models)], strict=True))
+    colours = {model: plt.cm.tab10(i % 10) for i, model in enumerate(models)}
     for model in models:
         rows = points[points["model"] == model].sort_values("nfe")
-        ax.plot(rows["nfe"], rows["fid"], "o-", color=colours[model], label=model, alpha=0.85, markersize=6)
+        ax.plot(rows["nfe"], rows[y], "o-", color=colours[model], label=model, alpha=0.85, markersize=6)
         for _, row in rows.iterrows():
             text = row["model"] if row["sampler"] == "default" else row["sampler"]
-            ax.annotate(text, (row["nfe"], row["fid"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    frontier = pareto_frontier(points)
-    ax.step(frontier["nfe"], frontier["fid"], where="post", color="black", linestyle="--", linewidth=1,
+            ax.annotate(text, (row["nfe"], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    frontier = pareto_frontier(points, y=y) if quality.better != "higher" else pareto_frontier(
+        points.assign(**{y: -points[y]}), y=y).assign(**{y: lambda f: -f[y]})
+    ax.step(frontier["nfe"], frontier[y], where="post", color="black", linestyle="--", linewidth=1,
             label="Pareto frontier")
-    ax.scatter(frontier["nfe"], frontier["fid"], s=140, facecolors="none", edgecolors="black", linewidths=1.2)
+    ax.scatter(frontier["nfe"], frontier[y], s=140, facecolors="none", edgecolors="black", linewidths=1.2)
     ax.set_xscale("log")
     ax.set_xlabel("network function evaluations per sample (NFE, log scale)")
-    ax.set_ylabel("FID, MNIST-classifier features (lower is better)")
+    ax.set_ylabel(f"{quality.title or quality.name} ({quality.better or '?'} is better)")
     ax.set_title("Quality against sampling cost")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def trilemma_scores(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each axis in [0, 1], higher is better, relative to the rows of this report:
-    quality = best FID / FID; speed = log throughput rescaled from the slowest (0.05) to the
-    fastest (1); coverage = modes covered / modes total × exp(−KL to the real labels)."""
-    rows = frame.dropna(subset=["fid", "samples_per_s"]).copy()
-    rows["quality"] = rows["fid"].min() / rows["fid"]
-    log_speed = np.log10(rows["samples_per_s"])
+def _relative(values: pd.Series, better: str | None) -> pd.Series:
+    """Higher is better, in [0, 1]: a share of 1 as is, any other value relative to the best row."""
+    if better == "lower":
+        return values.min() / values
+    if values.between(0, 1).all():
+        return values
+    return values / values.max()
+
+
+def trilemma_scores(frame: pd.DataFrame, axes: dict[str, Column]) -> pd.DataFrame:
+    """Each axis in [0, 1], higher is better, relative to the rows of this report: quality and
+    coverage relative to the best row (a share as it is); speed as log rescaled from the slowest
+    (0.05) to the fastest (1)."""
+    if set(axes) != {"quality", "speed", "coverage"}:
+        return frame.iloc[0:0]
+    rows = frame.dropna(subset=[c.name for c in axes.values() if c.name in frame]).copy()
+    if rows.empty or any(c.name not in rows for c in axes.values()):
+        return frame.iloc[0:0]
+    rows["quality"] = _relative(rows[axes["quality"].name], axes["quality"].better)
+    log_speed = np.log10(rows[axes["speed"].name]) * (-1 if axes["speed"].better == "lower" else 1)
     spread = log_speed.max() - log_speed.min()
     rows["speed"] = 0.05 + 0.95 * ((log_speed - log_speed.min()) / spread if spread > 0 else 1.0)
-    kl = rows["kl_to_test"].fillna(rows.get("kl_to_uniform", 0)).fillna(0)
-    rows["coverage"] = rows["modes_covered"] / rows["modes_total"] * np.exp(-kl)
+    rows["coverage"] = _relative(rows[axes["coverage"].name], axes["coverage"].better)
     return rows
 
 
-def trilemma_chart(frame: pd.DataFrame, path: Path) -> Path | None:
+def trilemma_chart(frame: pd.DataFrame, path: Path, axes: dict[str, Column]) -> Path | None:
     """A three-axis radar chart: quality, speed and coverage for each (model, sampler)."""
-    rows = trilemma_scores(frame)
+    rows = trilemma_scores(frame, axes)
     if rows.empty:
         return None
-    axes_names = ["quality\n(best FID / FID)", "speed\n(log samples/s, rescaled)", "coverage\n(modes share × e^−KL)"]
+    axes_names = [f"quality\n({axes['quality'].title or axes['quality'].name}, relative)",
+                  f"speed\n(log {axes['speed'].title or axes['speed'].name}, rescaled)",
+                  f"coverage\n({axes['coverage'].name})"]
     angles = np.linspace(0, 2 * np.pi, 3, endpoint=False).tolist()
     fig, ax = plt.subplots(figsize=(6.5, 6), subplot_kw={"polar": True})
     colours = plt.cm.tab10(np.linspace(0, 1, 10))

@@ -32,6 +32,9 @@ BUILTIN_MODULES = (
     "trilemma.metrics.fidelity",
     "trilemma.metrics.speed",
     "trilemma.metrics.coverage",
+    "trilemma.metrics.density",
+    "trilemma.metrics.memorization",
+    "trilemma.metrics.likelihood",
     "trilemma.executors",
 )
 #: The model plugins shipped with trilemma (``plugins/`` in its repository): loaded before any

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trilemma.columns import Column, declared_columns, from_dicts
+from trilemma.columns import Column, chart_axes, declared_columns, from_dicts
 from trilemma.data import TEST_LABEL_COUNTS
 from trilemma.errors import TrilemmaError
 from trilemma.metrics import ReportSection
@@ -180,14 +180,15 @@ def protocol_lines(manifest: dict[str, Any]) -> list[str]:
 
 # --- figures ----------------------------------------------------------------------------------
 
-def render_figures(frame: pd.DataFrame, summary: pd.DataFrame, out: RunDirectory, dataset: str) -> dict[str, Path]:
+def render_figures(frame: pd.DataFrame, summary: pd.DataFrame, out: RunDirectory, dataset: str,
+                   columns: Sequence[Column]) -> dict[str, Path]:
     from trilemma import plots
 
     ok = summary[summary["n_seeds"] > 0]
-    figures = {
-        "trilemma chart": plots.trilemma_chart(ok, out.plot("trilemma")),
-        "FID vs NFE": plots.fid_vs_nfe(ok, out.plot("fid_vs_nfe")),
-    }
+    axes = chart_axes(columns)
+    figures = {"trilemma chart": plots.trilemma_chart(ok, out.plot("trilemma"), axes)}
+    if "quality" in axes:
+        figures["FID vs NFE"] = plots.fid_vs_nfe(ok, out.plot("fid_vs_nfe"), axes["quality"])
     if dataset == "mnist":
         total = sum(TEST_LABEL_COUNTS)
         figures["class histograms"] = plots.class_histograms(ok, [c / total for c in TEST_LABEL_COUNTS],
@@ -291,7 +292,7 @@ def render_run(run_dir: Path) -> Path:
     frame, manifest = load_run(run_dir)
     summary = aggregate(frame)
     out = RunDirectory(run_dir)
-    figures = render_figures(frame, summary, out, manifest.get("dataset", "mnist"))
+    figures = render_figures(frame, summary, out, manifest.get("dataset", "mnist"), columns_of([manifest]))
     return write_documents(out, f"trilemma run `{out.root.name}`", frame, summary, [manifest], figures,
                            sample_grids([run_dir], frame))
 
@@ -336,7 +337,7 @@ def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool =
         out.write_manifest({"combined_from": [str(r) for r in run_dirs], "runs": manifests})
         summary = aggregate(frame)
         out.write_text(out.file("summary.csv"), summary.to_csv(index=False))
-        figures = render_figures(frame, summary, out, manifests[0].get("dataset", "mnist"))
+        figures = render_figures(frame, summary, out, manifests[0].get("dataset", "mnist"), columns_of(manifests))
         path = write_documents(out, f"trilemma: {len(run_dirs)} runs pooled", frame, summary, manifests, figures,
                                sample_grids(run_dirs, frame))
     print(f"wrote {path} and {path.with_suffix('.html')}")

@@ -11,7 +11,8 @@ import pandas as pd
 
 from trilemma.columns import HARNESS_COST, HARNESS_IDENTITY, Column, ordered
 
-TEXT_COLUMNS = ("model", "sampler", "dataset", "status", "error", "config_hash", "train_precision")
+TEXT_COLUMNS = ("model", "sampler", "dataset", "status", "error", "config_hash", "train_precision", "bpd_kind",
+                "nfe_check")
 KEY = ["model", "sampler", "seed"]
 OK, FAILED = "ok", "failed"
 #: With no metric declarations at hand (reading a bare CSV), the harness's own columns still lead.

@@ -104,12 +104,54 @@ class Diffusion:
         mean = at(self.posterior_c0) * x0 + at(self.posterior_ct) * x_t
         return mean + at(self.posterior_variance).sqrt() * noise
 
+    def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x_0) ‖ N(0, I)) per image, in nats (Ho et al., eq. 5)."""
+        abar = float(self.alphas_cumprod[-1])
+        kl = 0.5 * (abar * x0.double().square() + (1 - abar) - 1 - math.log(1 - abar))
+        return kl.flatten(1).sum(1)
+
+    def vlb(self, network: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The variational bound −log p(x_0) ≤ L_T + Σ_{t>1} L_{t−1} + L_0 per image, in nats (Ho et al.,
+        eq. 5), one x_t sample per step, ``network`` an ε-predictor. The reverse variances are β̃_t, as
+        the ancestral sampler uses (β̃_2 for the decoder, whose β̃_1 is 0); L_0 is the discretized
+        Gaussian decoder over 256 levels on [−1, 1] (eq. 13). x̂_0 is not clipped: the bound is of the
+        network's Gaussian reverse process. T network evaluations per image."""
+        total = self.prior_kl(x0)
+        for t in range(self.timesteps):
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            index = torch.full((len(x0),), t, device=x0.device, dtype=torch.long)
+            x_t = self.q_sample(x0, index, noise)
+            abar = self._abar(t)
+            x0_hat = (x_t - math.sqrt(1 - abar) * network(x_t, index)) / math.sqrt(abar)
+            mean = float(self.posterior_c0[t]) * x0_hat + float(self.posterior_ct[t]) * x_t
+            if t == 0:
+                log_scale = 0.5 * math.log(float(self.posterior_variance[1]))
+                total = total - discretized_gaussian_log_likelihood(x0, mean, log_scale).flatten(1).sum(1)
+            else:
+                true_mean = float(self.posterior_c0[t]) * x0 + float(self.posterior_ct[t]) * x_t
+                kl = (true_mean - mean).double().square() / (2 * float(self.posterior_variance[t]))
+                total = total + kl.flatten(1).sum(1)
+        return total
+
     def ddim_timesteps(self, steps: int) -> list[int]:
         """k evenly spaced timesteps, descending ("leading" spacing: 0, T/k, 2T/k, …)."""
         if not 1 <= steps <= self.timesteps:
             raise ValueError(f"DDIM steps must be in 1..{self.timesteps}, got {steps}")
         stride = self.timesteps // steps
         return list(range(0, steps * stride, stride))[::-1]
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: float) -> torch.Tensor:
+    """log P(x) per pixel for x on the 256-level grid of [−1, 1] under N(mean, e^{2·log_scale})
+    integrated over the pixel's bin of width 2/255; the end bins reach to ±∞ (Ho et al., eq. 13)."""
+    centered = (x - mean).double()
+    inv_std = math.exp(-log_scale)
+    upper = (centered + 1 / 255) * inv_std
+    lower = (centered - 1 / 255) * inv_std
+    log_cdf_upper = torch.special.log_ndtr(upper)
+    log_one_minus_cdf_lower = torch.special.log_ndtr(-lower)
+    log_mass = torch.log((torch.special.ndtr(upper) - torch.special.ndtr(lower)).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_one_minus_cdf_lower, log_mass))
 
 
 # --- the U-Net ε-predictor ---------------------------------------------------------------------
@@ -327,6 +369,11 @@ class DDPM(trilemma.GenerativeModel):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.sample_ddpm(n, generator)
+
+    def log_likelihood(self, images: torch.Tensor, generator: torch.Generator | None = None) -> trilemma.LogLikelihood:
+        """The variational bound of the EMA network (the one that samples), T evaluations an image."""
+        x0 = images.float() / 255 * 2 - 1
+        return trilemma.LogLikelihood(-self.diffusion.vlb(self.ema, x0, generator), "vlb")
 
     def samplers(self) -> dict[str, trilemma.model.Sampler]:
         found: dict[str, trilemma.model.Sampler] = {}

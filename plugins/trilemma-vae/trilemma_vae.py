@@ -78,14 +78,29 @@ class VAE(trilemma.GenerativeModel):
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"adam": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
 
-    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image: the Bernoulli reconstruction term −log p(x | z) for one z ~ q(z | x), and
+        KL(q(z | x) ‖ N(0, I)), in nats."""
         x = x.contiguous(memory_format=torch.channels_last)
         mean, logvar = self.encoder(x)
-        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)  # reparameterisation trick
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = mean + noise * torch.exp(0.5 * logvar)  # reparameterisation trick
         logits = self.decoder(z)
-        reconstruction = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
-        kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp()) / len(x)
+        reconstruction = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+        kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp(), dim=1)
+        return reconstruction, kl
+
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        reconstruction, kl = (term.mean() for term in self.elbo_terms(x))
         return {"loss": reconstruction + self.config.kl_weight * kl, "reconstruction": reconstruction, "kl": kl}
+
+    def log_likelihood(self, images: torch.Tensor, generator: torch.Generator | None = None) -> trilemma.LogLikelihood:
+        """The ELBO, −(Bernoulli reconstruction + KL), one z per image: the bound the model is trained
+        on. Pixel intensities in [0, 1] are taken as Bernoulli probabilities, as in the tutorial, so
+        this is not a bound on the probability of the 8-bit image: compare it only with other such
+        ELBOs, never with a flow's exact bits."""
+        reconstruction, kl = self.elbo_terms(images.float() / 255, generator)
+        return trilemma.LogLikelihood(-(reconstruction + kl), "elbo")
 
     def training_step(self, batch: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         losses = self.loss(batch)

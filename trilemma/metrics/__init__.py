@@ -39,6 +39,7 @@ class EvalContext:
     cache_dir: Path
     settings: Mapping[str, Any] = field(default_factory=dict)  # this metric's declared settings
     log: Callable[[str], None] = print
+    cache: dict[str, Any] = field(default_factory=dict)  # computed once per row, shared by its metrics
 
 
 @dataclass

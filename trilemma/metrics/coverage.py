@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from trilemma.classifier import classify, load_classifier
 from trilemma.columns import Column
 from trilemma.hookspecs import hookimpl
 from trilemma.metrics import EvalContext, Metric
+from trilemma.metrics.features import classifier_outputs, sample_outputs
 from trilemma.sampling import draw
 
 #: A sample whose largest softmax probability is below this counts as low-confidence.
@@ -75,9 +75,7 @@ def stacked_coverage(digit_logits: torch.Tensor) -> dict[str, Any]:
 
 def classify_stacked(images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """Logits N×3×10: each channel of N×3×28×28 images classified on its own."""
-    n = images.shape[0]
-    _, logits = classify(load_classifier(device), images.reshape(n * 3, 1, 28, 28))
-    return logits.reshape(n, 3, 10)
+    return classifier_outputs(images, device)[1]
 
 
 class CoverageMetric(Metric):
@@ -93,23 +91,30 @@ class CoverageMetric(Metric):
         Column("low_confidence_share", better="lower", headline=True, title="low-conf.", fmt="{:.3f}",
                description="share of samples the classifier reads below 0.9 confidence"),
         Column("class_share_*", description="share of samples in class *"),
+        Column("coverage_score", better="higher", axis="coverage",
+               description="modes covered / modes total × exp(−KL to the real labels, or to uniform): 1 is perfect"),
     )
     protocol_keys = ("samples",)
 
     def compute(self, ctx: EvalContext) -> dict[str, Any]:
         if ctx.dataset.channels == 3:
-            return self._stacked(ctx)
-        _, logits = classify(load_classifier(ctx.device), ctx.samples.images)
-        return class_coverage(logits.softmax(dim=1), ctx.data["test"].labels)
+            row = self._stacked(ctx)
+        else:
+            _, logits = sample_outputs(ctx)
+            row = class_coverage(logits[:, 0].softmax(dim=1), ctx.data["test"].labels)
+        kl = row.get("kl_to_test", row["kl_to_uniform"])
+        row["coverage_score"] = row["modes_covered"] / row["modes_total"] * math.exp(-kl)
+        return row
 
     def _stacked(self, ctx: EvalContext) -> dict[str, Any]:
         images = ctx.samples.images
         needed = ctx.preset.stacked_samples
+        _, logits = sample_outputs(ctx)
         if len(images) < needed:
             extra = draw(ctx.model, ctx.sampler, needed - len(images), batch_size=ctx.preset.sample_batch_size,
                          seed=ctx.seed + 7919, where=f"{ctx.model_name}/{ctx.sampler_name} (stacked coverage)")
-            images = torch.cat([images, extra.images])
-        return stacked_coverage(classify_stacked(images, ctx.device))
+            logits = torch.cat([logits, classifier_outputs(extra.images, ctx.device)[1]])
+        return stacked_coverage(logits)
 
     def protocol(self, ctx: EvalContext) -> dict[str, Any]:
         if ctx.dataset.channels == 3:

@@ -148,7 +148,7 @@ class FidelityMetric(Metric):
     reference_split = "test"
     needs = ("samples", "real", "features")
     columns = (
-        Column("fid", better="lower", headline=True, title="FID", fmt="{:.2f}",
+        Column("fid", better="lower", headline=True, title="FID", fmt="{:.2f}", axis="quality",
                description="Fréchet distance of classifier features, generated vs real test split"),
         Column("is_mean", better="higher", headline=True, title="IS", fmt="{:.2f}",
                description="Inception Score on classifier logits"),

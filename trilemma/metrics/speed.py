@@ -73,7 +73,7 @@ class SpeedMetric(Metric):
         Column("sample_gflop", better="lower", headline=True, title="GFLOP/sample", fmt="{:.3g}",
                description="matmul/conv/attention GFLOP the sampler spends per sample"),
         Column("ms_per_sample", better="lower", headline=True, title="ms/sample", fmt="{:.3g}"),
-        Column("samples_per_s", better="higher", headline=True, title="samples/s", fmt="{:.4g}"),
+        Column("samples_per_s", better="higher", headline=True, title="samples/s", fmt="{:.4g}", axis="speed"),
         Column("latency_ms_batch1", better="lower", description="wall time of one batch-1 sampler call"),
         Column("ms_per_sample_b*", better="lower", description="ms per sample at batch size *"),
         Column("sampling_peak_mem_bytes", description="peak CUDA memory while sampling (NaN on the CPU)"),

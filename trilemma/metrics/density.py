@@ -1,0 +1,67 @@
+"""Density and coverage (Naeem, Oh, Uh, Choi & Yoo 2020, "Reliable Fidelity and Diversity Metrics
+for Generative Models", §3.2), on the pinned classifier's features.
+
+Each real sample X_i gets the open ball B(X_i, NND_k(X_i)) reaching its k-th nearest real neighbour.
+Density = 1/(kM) Σ_j Σ_i 1[Y_j ∈ B(X_i)], the mean number of real balls a generated sample Y_j
+falls in, over k (about 1 for samples distributed like the real data; it rewards samples in
+dense real regions and is robust to real outliers, unlike precision). Coverage = 1/N Σ_i
+1[∃ j: Y_j ∈ B(X_i)], the share of real balls that hold a generated sample (robust to generated
+outliers, unlike recall). Real and generated sets are the same size: the first M test images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from trilemma.columns import Column
+from trilemma.hookspecs import hookimpl
+from trilemma.metrics import EvalContext, Metric
+from trilemma.metrics.features import real_outputs, sample_outputs
+from trilemma.metrics.knn import nearest_distances, within_radius_counts
+
+NEIGHBOURS = 5  # the paper's k
+_RADII: dict[tuple[str, int, int], torch.Tensor] = {}
+
+
+def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = NEIGHBOURS,
+                     squared_radii: torch.Tensor | None = None) -> dict[str, float]:
+    """Density and coverage of ``fake`` features against ``real`` features (rows are samples)."""
+    if squared_radii is None:
+        squared_radii = nearest_distances(real, real, k=k, exclude_self=True, squared=True)
+    counts, covered = within_radius_counts(fake, real, squared_radii)
+    return {"density": float(counts.double().sum() / (k * len(fake))), "knn_coverage": float(covered.double().mean())}
+
+
+class DensityCoverageMetric(Metric):
+    name = "density-coverage"
+    needs = ("samples", "real", "features")
+    columns = (
+        Column("density", description="Naeem et al. 2020 density, k=5, classifier features (about 1 for real-like "
+                                      "samples; higher is not simply better)"),
+        Column("knn_coverage", better="higher", headline=True, title="k-NN coverage", fmt="{:.3f}",
+               description="Naeem et al. 2020 coverage, k=5: share of real k-NN balls holding a generated sample"),
+    )
+    protocol_keys = ("k", "real_samples", "features")
+
+    def compute(self, ctx: EvalContext) -> dict[str, Any]:
+        fake, _ = sample_outputs(ctx)
+        n = min(len(fake), len(ctx.data["test"].images))
+        real, _ = real_outputs(ctx.dataset.name, "test", ctx.data["test"], ctx.device, n, ctx.cache_dir)
+        key = (ctx.dataset.name, n, NEIGHBOURS)
+        if key not in _RADII:
+            _RADII[key] = nearest_distances(real, real, k=NEIGHBOURS, exclude_self=True, squared=True)
+        return density_coverage(real, fake, squared_radii=_RADII[key])
+
+    def protocol(self, ctx: EvalContext) -> dict[str, Any]:
+        n = min(ctx.preset.eval_samples, len(ctx.data["test"].images))
+        return {"summary": f"density and coverage (Naeem et al. 2020), k={NEIGHBOURS}, pinned-classifier features; "
+                           f"{n} generated samples against the first {n} real test images",
+                "k": NEIGHBOURS, "real_samples": n, "features": "mnist-classifier penultimate (128-d per channel)"}
+
+
+@hookimpl
+def register_metrics(register: Callable[..., None]) -> None:
+    register(DensityCoverageMetric())

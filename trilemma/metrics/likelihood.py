@@ -1,0 +1,85 @@
+"""Bits per dimension on the test split, for models that have a likelihood.
+
+A model that implements ``GenerativeModel.log_likelihood`` returns log p(x) of each 8-bit test
+image in nats, or a lower bound with its kind: ``exact`` (normalizing flows), ``elbo`` (VAEs),
+``vlb`` (a diffusion model's variational bound). Bits per dimension = −nats / (pixels · ln 2), the
+mean over the first ``likelihood_images`` test images. Numbers of different kinds are not the
+same quantity (a bound is only an upper bound on the bits); the report says which is which, and a
+model with no likelihood gets no number at all.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from trilemma.columns import Column
+from trilemma.hookspecs import hookimpl
+from trilemma.metrics import EvalContext, Metric
+from trilemma.model import LogLikelihood
+from trilemma.settings import Setting
+
+BATCH = 250
+
+
+class LikelihoodMetric(Metric):
+    name = "likelihood"
+    needs = ("model", "real")
+    columns = (
+        Column("bpd", better="lower", headline=True, title="bits/dim", fmt="{:.3f}",
+               description="−log2 p(x) per pixel on the test split (an upper bound unless the kind is exact)"),
+        Column("bpd_kind", description="exact, elbo or vlb"),
+    )
+    protocol_keys = ("images",)
+    settings = (Setting("likelihood_images", parse=int, default=1000,
+                        help="test images the bits per dimension are averaged over"),)
+
+    def __init__(self) -> None:
+        self._done: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # one evaluation per trained model
+
+    def applies_to(self, dataset: Any) -> bool:
+        return True
+
+    def compute(self, ctx: EvalContext) -> dict[str, Any]:
+        if not type(ctx.model).has_likelihood():
+            return {}
+        if ctx.model not in self._done:
+            self._done[ctx.model] = self._bits_per_dim(ctx)
+        return dict(self._done[ctx.model])
+
+    def _bits_per_dim(self, ctx: EvalContext) -> dict[str, Any]:
+        n = max(1, int(ctx.settings.get("likelihood_images", 1000)))
+        images = ctx.data["test"].images[:n]
+        generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 4242)
+        nats, kinds = [], set()
+        ctx.model.eval()
+        with torch.no_grad():
+            for start in range(0, len(images), BATCH):
+                result = ctx.model.log_likelihood(images[start:start + BATCH].to(ctx.device), generator)
+                if not isinstance(result, LogLikelihood) or result.kind not in ("exact", "elbo", "vlb"):
+                    raise TypeError("log_likelihood must return a trilemma.model.LogLikelihood with kind "
+                                    "exact, elbo or vlb")
+                values = result.nats.detach().double().cpu().reshape(-1)
+                if len(values) != min(BATCH, len(images) - start) or not torch.isfinite(values).all():
+                    raise ValueError("log_likelihood returned a wrong number of values, or non-finite ones")
+                nats.append(values)
+                kinds.add(result.kind)
+        if len(kinds) != 1:
+            raise ValueError(f"log_likelihood changed its kind between batches: {sorted(kinds)}")
+        pixels = images[0].numel()
+        return {"bpd": float(-torch.cat(nats).mean() / (pixels * math.log(2))), "bpd_kind": kinds.pop()}
+
+    def protocol(self, ctx: EvalContext) -> dict[str, Any]:
+        n = min(int(ctx.settings.get("likelihood_images", 1000)), len(ctx.data["test"].images))
+        return {"summary": f"bits per dimension = −log2 p(x) / pixels of the first {n} test images (8-bit, 256 levels), "
+                           "for models with a likelihood; kinds: exact, elbo, vlb (bounds are upper bounds on bits)",
+                "images": n}
+
+
+@hookimpl
+def register_metrics(register: Callable[..., None]) -> None:
+    register(LikelihoodMetric())
