@@ -110,3 +110,59 @@ def test_ddim_step_matches_diffusers(schedule, clip, eta, steps):
         expected = reference.step(eps, t, x_t, eta=eta, use_clipped_model_output=True, variance_noise=noise).prev_sample
         got = ours.ddim_step(x_t, eps, t, t - 1000 // steps, eta, noise)
         assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5), (t, (got - expected).abs().max())
+
+
+# --- the variational bound, against torch.distributions -------------------------------------------
+
+def test_variational_bound_matches_an_independent_computation():
+    import math
+
+    from torch.distributions import Normal, kl_divergence
+    from trilemma_ddpm import discretized_gaussian_log_likelihood
+
+    torch.manual_seed(0)
+    model = DDPM(DDPM.Config(**SMALL))
+    d, net = model.diffusion, model.ema.eval()
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    x0 = images.float() / 255 * 2 - 1
+    with torch.no_grad():
+        ours = d.vlb(net, x0, torch.Generator().manual_seed(7)).float()
+        generator = torch.Generator().manual_seed(7)
+        abar_T = d.alphas_cumprod[-1].item()
+        total = kl_divergence(Normal(math.sqrt(abar_T) * x0, math.sqrt(1 - abar_T)), Normal(0.0, 1.0)).flatten(1).sum(1)
+        for t in range(d.timesteps):
+            noise = torch.randn(x0.shape, generator=generator)
+            abar = d.alphas_cumprod[t].item()
+            x_t = math.sqrt(abar) * x0 + math.sqrt(1 - abar) * noise
+            eps = net(x_t, torch.full((3,), t))
+            x0_hat = (x_t - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
+            abar_prev = d.alphas_cumprod[t - 1].item() if t > 0 else 1.0
+            beta = d.betas[t].item()
+            # the posterior mean, Ho et al. eq. 7, written out again
+            c0 = math.sqrt(abar_prev) * beta / (1 - abar)
+            ct = math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar)
+
+            def mean(x_start, c0=c0, ct=ct, x_t=x_t):
+                return c0 * x_start + ct * x_t
+            if t == 0:
+                levels = torch.arange(256).float() / 255 * 2 - 1
+                std = math.sqrt(d.posterior_variance[1].item())
+                probs = discretized_gaussian_log_likelihood(levels[:, None], mean(x0_hat).reshape(1, -1), math.log(std))
+                index = images.reshape(3, -1).long()  # pixel value = level index
+                total = total - probs.exp().T.reshape(3, 784, 256).gather(2, index[..., None]).log().sum((1, 2))
+            else:
+                var = (1 - abar_prev) / (1 - abar) * beta
+                step = kl_divergence(Normal(mean(x0), math.sqrt(var)), Normal(mean(x0_hat), math.sqrt(var)))
+                total = total + step.flatten(1).sum(1)
+    assert torch.allclose(ours, total.float(), rtol=1e-4)
+
+
+def test_discretized_decoder_is_a_distribution_over_the_256_levels():
+    import math
+
+    from trilemma_ddpm import discretized_gaussian_log_likelihood
+
+    levels = torch.arange(256).float() / 255 * 2 - 1
+    for mean, std in ((0.3, 0.05), (-0.99, 0.01), (0.0, 2.0), (1.0, 0.001)):
+        mass = discretized_gaussian_log_likelihood(levels, torch.full_like(levels, mean), math.log(std)).exp().sum()
+        assert abs(float(mass) - 1) < 1e-6

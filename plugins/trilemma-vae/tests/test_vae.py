@@ -44,3 +44,18 @@ def test_training_lowers_the_loss():
     for step in range(1, 60):
         last = model.training_step(x, step)["loss"].item()
     assert last < first * 0.8
+
+
+def test_elbo_is_the_negative_training_loss_per_image():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = VAE(VAE.Config(filters=8)).eval()
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    x = images.float() / 255
+    result = model.log_likelihood(images, torch.Generator().manual_seed(3))
+    mean, logvar = model.encoder(x)
+    z = mean + torch.randn(mean.shape, generator=torch.Generator().manual_seed(3)) * (0.5 * logvar).exp()
+    recon = F.binary_cross_entropy_with_logits(model.decoder(z), x, reduction="none").sum((1, 2, 3))
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+    assert result.kind == "elbo" and torch.allclose(result.nats, -(recon + kl), rtol=1e-5)
