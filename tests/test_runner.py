@@ -106,3 +106,25 @@ def test_a_fresh_run_into_an_old_directory_starts_over_and_keeps_the_manifest(fa
     assert rows.loc["tiny", "train_steps"] == 2 and rows.loc["tiny-k3", "train_steps"] == 3
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert set(manifest["models"]) == {"tiny", "tiny-k3"}
+
+
+def test_a_sweep_trains_one_model_row_per_variant_and_resumes_per_cell(fake_registries, tmp_path, capsys):
+    args = ["run", "tiny", "--preset", "smoke", "--sweep", "tiny.hidden=4,8", "--sweep", "tiny.lr=0.01,0.02",
+            "--set", "tiny.calls_per_sample=2", "--out", str(tmp_path), "--no-progress"]
+    assert run_cli(*args) == 0
+    rows = pd.read_csv(tmp_path / "results.csv").set_index("model")
+    expected = [f"tiny[hidden={h},lr={lr}]" for h in (4, 8) for lr in (0.01, 0.02)]
+    assert sorted(rows.index) == sorted(expected)
+    assert rows.loc["tiny[hidden=8,lr=0.01]", "params"] == 4 * 8 + 8 + 8 * 784 + 784
+    assert (rows["nfe"] == 2).all()  # --set applies to every variant
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    variant = manifest["models"]["tiny[hidden=4,lr=0.02]"]
+    assert variant["config"]["hidden"] == 4 and variant["config"]["lr"] == 0.02 and variant["registry_name"] == "tiny"
+    assert (tmp_path / "samples" / "tiny[hidden=4,lr=0.02]-default-seed0.png").exists()
+    report = (tmp_path / "report.md").read_text()
+    assert "tiny[hidden=4,lr=0.02]/default" in report  # its sample grid is found despite the brackets
+    capsys.readouterr()
+    assert run_cli(*args, "--resume") == 0
+    assert capsys.readouterr().out.count("already finished, skipped") == 4
+    assert run_cli("run", "tiny", "--sweep", "tiny.hidden=4/5", "--out", str(tmp_path / "x")) == 2
+    assert run_cli("run", "tiny", "--sweep", "other.hidden=4", "--out", str(tmp_path / "y")) == 2

@@ -55,14 +55,14 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, str]]:
+def parse_overrides(items: Sequence[str], flag: str = "--set") -> dict[str, dict[str, str]]:
     """``model.field=value`` items → ``{model: {field: value}}``."""
     overrides: dict[str, dict[str, str]] = {}
     for item in items:
         target, sep, value = item.partition("=")
         model, dot, field = target.partition(".")
         if not sep or not dot or not model or not field:
-            raise TrilemmaError(f"malformed --set {item!r}; expected MODEL.FIELD=VALUE, e.g. vae.latent_dim=8")
+            raise TrilemmaError(f"malformed {flag} {item!r}; expected MODEL.FIELD=VALUE, e.g. vae.latent_dim=8")
         overrides.setdefault(model.strip(), {})[field.strip()] = value.strip()
     return overrides
 
@@ -101,6 +101,9 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
     run.add_argument("--seeds", type=whole_number(1, 10_000), metavar="K", help="seeds 0..K-1")
     run.add_argument("--set", action="append", default=[], metavar="MODEL.FIELD=VALUE", dest="overrides",
                      help="override a model's config field; repeatable")
+    run.add_argument("--sweep", action="append", default=[], metavar="MODEL.FIELD=V1,V2,...", dest="sweeps",
+                     help="train one variant of the model per value (several --sweep: every combination); "
+                          "each variant is a model row of its own, e.g. ddpm.objective=eps,x0,v")
     run.add_argument("--out", type=Path, help="run directory (default reports/run-<time>)")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     run.add_argument("--dataset", default="mnist", help="dataset name (default mnist)")
@@ -190,6 +193,9 @@ def cmd_run(args: argparse.Namespace, registries: Registries) -> int:
     seeds = list(args.seed_list or []) + (list(range(args.seeds)) if args.seeds else [])
     seeds = list(dict.fromkeys(seeds)) or [0]
     overrides = parse_overrides(args.overrides)
+    sweeps: dict[str, dict[str, list[str]]] = {}
+    for model, fields in parse_overrides(args.sweeps, flag="--sweep").items():
+        sweeps[model] = {field: [v.strip() for v in value.split(",") if v.strip()] for field, value in fields.items()}
     for broken in registries.broken.values():
         print(f"warning: plugin {broken.name} ({broken.distribution}) is broken: {broken.error}", file=sys.stderr)
     if args.all and args.models:
@@ -206,7 +212,7 @@ def cmd_run(args: argparse.Namespace, registries: Registries) -> int:
                          device=args.device, dataset=args.dataset, data_dir=args.data_dir, resume=args.resume,
                          progress=not args.no_progress, verbose=args.verbose, train_steps=args.steps,
                          train_images=args.images, train_seconds=args.train_seconds, precision=args.precision,
-                         metric_settings=metric_settings(args),
+                         metric_settings=metric_settings(args), sweeps=sweeps,
                          executor=args.executor, command=["trilemma", *args.argv])
     try:
         failed = run(request, registries)

@@ -127,7 +127,7 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
         if settings.verbose:
             log("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
-    base: dict[str, Any] = {"model": cell.model, "seed": cell.seed, "dataset": cell.dataset,
+    base: dict[str, Any] = {"model": cell.row_model, "seed": cell.seed, "dataset": cell.dataset,
                             "config_hash": cell.config_hash}
     model: GenerativeModel | None = None
     try:
@@ -139,7 +139,7 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
         budget = Budget(preset.steps, preset.train_seconds, preset.batch_size, preset.checkpoint_every, cell.precision)
         cap = f", capped at {preset.train_seconds:g} s" if preset.train_seconds is not None else ""
         log(f"{cell.label}: training on {preset.work}{cap}, {cell.precision}, {base['params']:,} parameters")
-        checkpoint = run_dir.checkpoint(cell.model, cell.seed)
+        checkpoint = run_dir.checkpoint(cell.row_model, cell.seed)
         if not settings.resume:
             checkpoint.unlink(missing_ok=True)  # only --resume continues from an earlier checkpoint
         images = training_images(dataset, settings.data_dir, device)
@@ -167,9 +167,9 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
         row = {**base, "sampler": sampler_name}
         try:
             evaluation = evaluate_sampler(
-                model, cell.model, sampler_name, sampler, metrics=metrics, metric_settings=settings.metric_settings,
+                model, cell.row_model, sampler_name, sampler, metrics=metrics, metric_settings=settings.metric_settings,
                 dataset=dataset, data=data, preset=preset, seed=cell.seed,
-                grid_path=run_dir.sample_grid(cell.model, sampler_name, cell.seed), cache_dir=settings.cache_dir,
+                grid_path=run_dir.sample_grid(cell.row_model, sampler_name, cell.seed), cache_dir=settings.cache_dir,
                 progress=settings.progress, log=log)
             row.update(evaluation.columns)
             row.update(status=OK, error="")
@@ -177,7 +177,7 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
-            log(f"{cell.model}/{sampler_name} seed {cell.seed}: FAILED: {type(exc).__name__}: {exc}")
+            log(f"{cell.row_model}/{sampler_name} seed {cell.seed}: FAILED: {type(exc).__name__}: {exc}")
             log_traceback(exc)
             protocols.update(getattr(exc, "protocols", {}))
             row = failure_row({**row, **getattr(exc, "partial", {})}, exc)

@@ -6,6 +6,8 @@ samplers (a report row each). Cells are plain values, so any executor can take t
 
 from __future__ import annotations
 
+import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ class RunRequest:
     train_seconds: float | None = None  # a wall-time cap, recorded in the protocol
     precision: str = "auto"
     metric_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sweeps: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # model → field → values to try
     executor: str = "local"
     command: list[str] = field(default_factory=lambda: ["trilemma", "run"])  # as typed, for the manifest
 
@@ -60,8 +63,13 @@ class Cell:
     variant: str = ""
 
     @property
+    def row_model(self) -> str:
+        """The name the rows carry: the model, with its sweep variant in brackets."""
+        return f"{self.model}[{self.variant}]" if self.variant else self.model
+
+    @property
     def label(self) -> str:
-        return f"{self.model} seed {self.seed}"
+        return f"{self.row_model} seed {self.seed}"
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,8 @@ class ModelPlan:
     preset: Preset
     provider: Provider
     precision: str
+    registry_name: str
+    variant: str = ""
 
 
 @dataclass
@@ -81,10 +91,26 @@ class Plan:
     dataset: Dataset
     device: torch.device
     preset: str
-    models: dict[str, ModelPlan]
+    models: dict[str, ModelPlan]  # by row model name (a sweep variant is a model of its own)
     cells: list[Cell]
     precision: str  # what the run asked for (a model that does not list bf16 trains in fp32)
     train_seconds_cap: float | None = None
+
+
+SWEEP_VALUE = re.compile(r"^[A-Za-z0-9._+-]+$")
+
+
+def sweep_variants(sweeps: dict[str, list[str]]) -> list[tuple[str, dict[str, str]]]:
+    """Every combination of the swept fields' values, as (label, overrides); one unlabelled
+    variant when nothing is swept. The label ("objective=v,schedule=cosine") names the variant's rows."""
+    if not sweeps:
+        return [("", {})]
+    for field_name, values in sweeps.items():
+        for value in values:
+            if not SWEEP_VALUE.match(value):
+                raise TrilemmaError(f"--sweep {field_name}={value!r}: values are letters, digits, '.', '_', '+', '-'")
+    return [(",".join(f"{k}={v}" for k, v in zip(sweeps, combo, strict=True)), dict(zip(sweeps, combo, strict=True)))
+            for combo in itertools.product(*sweeps.values())]
 
 
 def plan_run(request: RunRequest, registries: Registries) -> Plan:
@@ -97,9 +123,11 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
     if unknown:
         valid = ", ".join(registries.models.names()) or "none installed"
         raise TrilemmaError(f"unknown model(s) {', '.join(unknown)}; valid: {valid}")
-    stray = sorted(set(request.overrides) - set(request.models))
-    if stray:
-        raise TrilemmaError(f"--set names model(s) not in this run: {', '.join(stray)}; running: {', '.join(request.models)}")
+    for flag, given in (("--set", request.overrides), ("--sweep", request.sweeps)):
+        stray = sorted(set(given) - set(request.models))
+        if stray:
+            raise TrilemmaError(f"{flag} names model(s) not in this run: {', '.join(stray)}; "
+                                f"running: {', '.join(request.models)}")
     if request.executor not in registries.executors:
         raise TrilemmaError(f"unknown executor {request.executor!r}; valid: {', '.join(registries.executors.names())}")
     base = get_preset(request.preset, device.type)
@@ -111,7 +139,9 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
             raise TrilemmaError(f"model {name!r} cannot train on {dataset.name} ({dataset.channels} channels)")
         try:
             preset = base.with_budget(cls.presets.get(base.name, {}).get("budget", {}), where=f"model {name!r}, ")
-            config = resolve_config(cls, base.name, request.overrides.get(name, {}))
+            variants = [(label, {**request.overrides.get(name, {}), **changes})
+                        for label, changes in sweep_variants(request.sweeps.get(name, {}))]
+            configs = [(label, resolve_config(cls, base.name, overrides)) for label, overrides in variants]
         except TrilemmaError:
             raise
         except Exception as exc:  # a plugin's malformed presets or Config
@@ -124,8 +154,10 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
         if request.train_seconds is not None:
             preset = preset.capped(request.train_seconds)
         model_precision = precision if precision in cls.precisions else "fp32"
-        models[name] = ModelPlan(config, preset, registries.models.provider(name), model_precision)
-    cells = [Cell(name, dataset.name, seed, plan.config.to_dict(), plan.config.config_hash(), plan.preset,
-                  plan.precision)
-             for seed in request.seeds for name, plan in models.items()]
+        for label, config in configs:
+            row_model = f"{name}[{label}]" if label else name
+            models[row_model] = ModelPlan(config, preset, registries.models.provider(name), model_precision, name, label)
+    cells = [Cell(plan.registry_name, dataset.name, seed, plan.config.to_dict(), plan.config.config_hash(), plan.preset,
+                  plan.precision, plan.variant)
+             for seed in request.seeds for plan in models.values()]
     return Plan(dataset, device, base.name, models, cells, precision, request.train_seconds)

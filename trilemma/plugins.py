@@ -40,7 +40,8 @@ BUILTIN_MODULES = (
 #: The model plugins shipped with trilemma (``plugins/`` in its repository): loaded before any
 #: other distribution, so no third party can take their names. A test keeps this in step with
 #: the repository.
-FIRST_PARTY_DISTRIBUTIONS = frozenset({"trilemma-vae", "trilemma-dcgan", "trilemma-ddpm", "trilemma-ddgan"})
+FIRST_PARTY_DISTRIBUTIONS = frozenset({"trilemma-vae", "trilemma-dcgan", "trilemma-ddpm", "trilemma-ddgan",
+                                       "trilemma-flow-matching"})
 
 
 @dataclass(frozen=True)

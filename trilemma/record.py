@@ -61,7 +61,7 @@ class Recorder:
         self.numerics = numerics or {}
 
     def finished(self, cell: Cell) -> bool:
-        return self.table.finished(cell.model, cell.seed)
+        return self.table.finished(cell.row_model, cell.seed)
 
     def start(self, data_source: str) -> None:
         self.data_source = data_source
@@ -69,7 +69,7 @@ class Recorder:
 
     def record(self, outcome: CellOutcome) -> None:
         cell = outcome.cell
-        self.table = self.run_dir.update_results(lambda table: table.replace_cell(cell.model, cell.seed, outcome.rows),
+        self.table = self.run_dir.update_results(lambda table: table.replace_cell(cell.row_model, cell.seed, outcome.rows),
                                                  self.declared)
         if outcome.protocols:
             self._update_manifest("running", metrics=outcome.protocols)
@@ -100,6 +100,8 @@ class Recorder:
                     **manifest.get("models", {}),
                     **{name: {
                         "distribution": str(model.provider),
+                        "registry_name": model.registry_name,
+                        "variant": model.variant,
                         "config": model.config.to_dict(),
                         "config_hash": model.config.config_hash(),
                         "budget": {"train_images": model.preset.train_images, "train_steps": model.preset.steps,

@@ -20,6 +20,7 @@ when several processes record into one directory.
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
@@ -225,7 +226,7 @@ class RunDirectory:
 
     def sample_grids(self, model: str, sampler: str) -> list[Path]:
         """The sample grids of (model, sampler), every seed, sorted."""
-        return sorted((self.root / "samples").glob(f"{model}-{sampler}-seed*.png"))
+        return sorted((self.root / "samples").glob(glob.escape(f"{model}-{sampler}-seed") + "*.png"))
 
     def file(self, name: str) -> Path:
         """Another file at the top of the run directory (``summary.csv``, ``comparison.csv``)."""

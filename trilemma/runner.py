@@ -20,7 +20,7 @@ from trilemma.settings import resolve_settings
 
 def say_who_provides(plan: Plan, request: RunRequest, registries: Registries, log: Callable[[str], None]) -> None:
     """For every name this run uses that another plugin also registered: which one it uses."""
-    used = [(registries.models, name) for name in plan.models] + \
+    used = [(registries.models, name) for name in dict.fromkeys(m.registry_name for m in plan.models.values())] + \
         [(registries.metrics, entry.name) for entry in registries.metrics.in_order()] + \
         [(registries.datasets, plan.dataset.name), (registries.executors, request.executor)]
     for registry, name in used:
@@ -62,7 +62,7 @@ def run(request: RunRequest, registries: Registries, log: Callable[[str], None] 
             cache_dir=Path(request.data_dir or default_data_dir()) / "fidelity-cache", resume=request.resume,
             progress=request.progress, verbose=request.verbose, metric_settings=metric_settings)
         executor = registries.executors[request.executor]
-        pending = {(cell.model, cell.seed): cell for cell in todo}
+        pending = {(cell.row_model, cell.seed): cell for cell in todo}
         for outcome in executor.run(Job(todo, settings, registries, log)):
             check_outcome(outcome, pending, request.executor)
             recorder.record(outcome)
@@ -71,12 +71,12 @@ def run(request: RunRequest, registries: Registries, log: Callable[[str], None] 
 
 def check_outcome(outcome: CellOutcome, pending: dict[tuple[str, int], Cell], executor: str) -> None:
     """An executor hands back each cell it was given once, with rows of that cell only."""
-    key = (outcome.cell.model, outcome.cell.seed)
+    key = (outcome.cell.row_model, outcome.cell.seed)
     if pending.get(key) != outcome.cell:
         raise TrilemmaError(f"executor {executor!r} returned a cell it was not given, or one cell twice: "
                             f"{outcome.cell.label}")
     strays = [r for r in outcome.rows if (r.get("model"), r.get("seed"), r.get("dataset")) !=
-              (outcome.cell.model, outcome.cell.seed, outcome.cell.dataset)]
+              (outcome.cell.row_model, outcome.cell.seed, outcome.cell.dataset)]
     if strays or not outcome.rows:
         raise TrilemmaError(f"executor {executor!r} returned rows that are not {outcome.cell.label}'s")
     del pending[key]

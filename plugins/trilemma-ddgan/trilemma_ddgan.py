@@ -5,7 +5,7 @@ A diffusion with only T ∈ {1, 2, 4} steps has denoising distributions q(x_{t�
 Gaussian, so each is modelled by a conditional GAN: the generator G(x_t, z, t) predicts x_0 and
 the step is taken with the posterior q(x_{t−1} | x_t, x̂_0) (paper, eq. 6–7); a time-conditioned
 discriminator D(x_{t−1}, x_t, t) tells real pairs, drawn from q(x_{t−1}) q(x_t | x_{t−1}), from
-generated ones. The generator is the DDPM plugin's U-Net with the latent z entering every residual
+generated ones. The generator is trilemma-diffusion's U-Net with the latent z entering every residual
 block through adaptive group normalisation after a mapping MLP (paper, Appendix B); the
 discriminator ends with a minibatch standard deviation channel (Karras et al. 2018). Losses:
 non-saturating GAN loss with R1 regularisation on real pairs (paper, eq. 5 and §4), applied lazily
@@ -24,9 +24,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from trilemma_ddpm import Diffusion, UNet, norm, sinusoidal_embedding, update_ema
+from trilemma_diffusion import GaussianDiffusion, UNet, norm, sinusoidal_embedding
 
 import trilemma
+from trilemma.ema import update_ema
 
 
 def vp_betas(timesteps: int, beta_min: float = 0.1, beta_max: float = 20.0) -> torch.Tensor:
@@ -116,7 +117,7 @@ class DDGAN(trilemma.GenerativeModel):
     def __init__(self, config: DDGANConfig | None = None, channels: int = 1) -> None:
         super().__init__(config, channels)
         c = self.config
-        self.diffusion = Diffusion(vp_betas(c.timesteps), clip_x0=False)
+        self.diffusion = GaussianDiffusion(vp_betas(c.timesteps))
         self.generator = UNet(channels, c.base_channels, c.channel_mults, c.blocks_per_level, dropout=0.0,
                               cond_dim=c.latent_dim)
         self.discriminator = Discriminator(channels, c.disc_width, c.disc_stddev_group)

@@ -1,0 +1,23 @@
+"""Building blocks shared by trilemma's diffusion-family plugins (DDPM, denoising diffusion GANs,
+flow matching, latent diffusion): schedules, the Gaussian diffusion maths, samplers and the U-Net.
+A library, not a plugin: it has no entry point and registers no model."""
+
+from trilemma_diffusion.gaussian import GaussianDiffusion, Objective, Weighting, discretized_gaussian_log_likelihood
+from trilemma_diffusion.schedules import SCHEDULES, cosine_betas, linear_betas, quadratic_betas, sigmoid_betas
+from trilemma_diffusion.unet import UNet, norm, sinusoidal_embedding
+
+__version__ = "0.1.0"
+__all__ = [
+    "SCHEDULES",
+    "GaussianDiffusion",
+    "Objective",
+    "UNet",
+    "Weighting",
+    "cosine_betas",
+    "discretized_gaussian_log_likelihood",
+    "linear_betas",
+    "norm",
+    "quadratic_betas",
+    "sigmoid_betas",
+    "sinusoidal_embedding",
+]
