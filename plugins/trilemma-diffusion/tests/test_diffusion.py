@@ -195,8 +195,13 @@ def test_every_sampler_runs_the_network_the_expected_number_of_times():
                           (lambda p: sampling.ddim(d, p, (2, 1, 4, 4), None, torch.device("cpu"), 5), 5),
                           (lambda p: sampling.dpm_solver_pp_2m(d, p, (2, 1, 4, 4), None, torch.device("cpu"), 5), 5),
                           (lambda p: sampling.heun(d, p, (2, 1, 4, 4), None, torch.device("cpu"), 5), 9)):
-        calls = []
-        run(lambda x, t, abar: (calls.append(t), d.predicted(x, 0.1 * x, abar, "eps"))[1])
+        calls: list[float] = []
+
+        def predict(x, t, abar, calls=calls):
+            calls.append(t)
+            return d.predicted(x, 0.1 * x, abar, "eps")
+
+        run(predict)
         assert len(calls) == expected
 
 
