@@ -204,3 +204,4 @@ def test_nested_listed_networks_are_one_evaluation_and_the_batch_is_the_largest_
     assert counter.calls == 1 and counter.items == 5
     assert batch_items((torch.zeros(1), torch.zeros(7, 3)), {}) == 7
     assert batch_items((torch.tensor(2.0),), {"x": torch.zeros(6, 2)}) == 6
+    assert batch_items(([torch.zeros(9, 2), torch.zeros(9, 4)],), {}) == 9  # a list of latents

@@ -26,10 +26,22 @@ from trilemma.flops import FlopCounter
 NFE_TOLERANCE = 0.05
 
 
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+
+
 def batch_items(args: tuple, kwargs: dict[str, Any]) -> int:
     """The batch size of a network call: the largest leading dimension among its tensor arguments,
-    so a timestep of shape (1,) or a 0-d tensor passed first does not shrink it (1 if none)."""
-    sizes = [a.shape[0] for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() > 0]
+    looking inside lists, tuples and dicts, so a timestep of shape (1,) or a 0-d tensor passed first,
+    or a batch passed as a list of tensors, does not shrink it (1 if there is no tensor)."""
+    sizes = [a.shape[0] for a in _tensors((args, kwargs)) if a.dim() > 0]
     return int(max(sizes, default=1))
 
 

@@ -41,7 +41,8 @@ BUILTIN_MODULES = (
 #: other distribution, so no third party can take their names. A test keeps this in step with
 #: the repository.
 FIRST_PARTY_DISTRIBUTIONS = frozenset({"trilemma-vae", "trilemma-dcgan", "trilemma-ddpm", "trilemma-ddgan",
-                                       "trilemma-flow-matching"})
+                                       "trilemma-flow-matching", "trilemma-flow", "trilemma-cld",
+                                       "trilemma-lsgm"})
 
 
 @dataclass(frozen=True)
