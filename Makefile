@@ -1,5 +1,5 @@
 # `make run`: set up and run every installed model (preset auto: quick on CPU, standard on CUDA).
-# `make test`: set up and run the test suite (core + every plugin, without the slow tests).
+# `make test`: set up and run the tox environments py, plugins and lint (the slow and dist tests left out).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip
 PIP_LOCAL := $(PIP) install --no-build-isolation --no-deps
 RUN_ARGS ?= --all --preset auto
 
-.PHONY: setup run test slow bench lint clean
+.PHONY: setup run test slow dist bench lint clean
 setup: $(VENV)/.installed
 
 $(BIN)/python:
@@ -29,16 +29,19 @@ run: setup
 	$(BIN)/trilemma run $(RUN_ARGS)
 
 test: setup
-	$(BIN)/python -m pytest tests $(PLUGINS) -q
+	$(BIN)/tox -e py,plugins,lint
 
 slow: setup
-	$(BIN)/python -m pytest tests $(PLUGINS) -q -m slow
+	$(BIN)/tox -e slow
+
+dist: setup
+	$(BIN)/tox -e dist
 
 bench: setup
-	$(BIN)/python -m pytest tests -q -o python_files='bench_*.py' -m '' --benchmark-only
+	$(BIN)/tox -e bench
 
 lint: setup
-	$(BIN)/ruff check trilemma tests plugins examples
+	$(BIN)/tox -e lint
 
 clean:
 	rm -rf $(VENV) .tox

@@ -8,7 +8,7 @@ import types
 
 import pandas as pd
 import pytest
-from helpers import REPO, cli_env, trilemma_cli
+from helpers import REPO, cli_env, trilemma_cli, write_installed_plugin
 
 import trilemma
 from trilemma import hookspecs
@@ -166,3 +166,18 @@ def test_list_shows_executors(capsys):
     out = capsys.readouterr().out
     assert "executors:" in out and "local" in out.split("executors:")[1]
 
+
+
+def test_a_missing_engine_is_one_line_and_exit_2_before_any_work(tmp_path):
+    fake = tmp_path / "fake-site"
+    for module in ("ray", "submitit"):
+        (fake / module).mkdir(parents=True)
+        (fake / module / "__init__.py").write_text(f"raise ImportError('no {module} here')\n")
+    write_installed_plugin(fake, "trilemma-fakes", "fakes", "trilemma_fakes", (REPO / "tests" / "fake_models.py").read_text())
+    env = cli_env(fake, allow="fakes")
+    for executor, package in (("ray", "trilemma[ray]"), ("slurm", "trilemma[slurm]")):
+        out = tmp_path / executor
+        result = trilemma_cli("run", "tiny", "--executor", executor, "--out", str(out), env=env)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stderr.count("\n") == 1 and package in result.stderr
+        assert not out.exists()

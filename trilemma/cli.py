@@ -67,21 +67,23 @@ def parse_overrides(items: Sequence[str], flag: str = "--set") -> dict[str, dict
     return overrides
 
 
-def add_setting_flags(parser: argparse.ArgumentParser, registries: Registries) -> dict[str, tuple[str, str]]:
-    """One flag per setting the registered metrics declare; returns argparse dest → (metric, setting)."""
+def add_setting_flags(parser: argparse.ArgumentParser, registries: Registries) -> dict[str, tuple[str, str, str]]:
+    """One flag per setting the registered metrics and executors declare; returns argparse dest →
+    (kind, owner, setting)."""
     dests = {}
-    for entry in registries.metrics.entries():
-        for setting in entry.item.settings:
-            dest = f"setting:{entry.name}:{setting.name}"
-            try:
-                parser.add_argument(setting.flag_for(entry.name), dest=dest, type=setting.parse, default=None,
-                                    metavar=setting.name.upper(),
-                                    help=f"{setting.help} (metric {entry.name}, {entry.provider})")
-            except argparse.ArgumentError as exc:
-                print(f"warning: metric {entry.name} ({entry.provider}): setting {setting.name} not available: {exc}",
-                      file=sys.stderr)
-                continue
-            dests[dest] = (entry.name, setting.name)
+    for kind, registry in (("metric", registries.metrics), ("executor", registries.executors)):
+        for entry in registry.entries():
+            for setting in entry.item.settings:
+                dest = f"setting:{kind}:{entry.name}:{setting.name}"
+                try:
+                    parser.add_argument(setting.flag_for(entry.name), dest=dest, type=setting.parse, default=None,
+                                        metavar=setting.name.upper(),
+                                        help=f"{setting.help} ({kind} {entry.name}, {entry.provider})")
+                except argparse.ArgumentError as exc:
+                    print(f"warning: {kind} {entry.name} ({entry.provider}): setting {setting.name} not available: "
+                          f"{exc}", file=sys.stderr)
+                    continue
+                dests[dest] = (kind, entry.name, setting.name)
     return dests
 
 
@@ -176,13 +178,13 @@ def cmd_list(registries: Registries) -> int:
     return EXIT_OK
 
 
-def metric_settings(args: argparse.Namespace) -> dict[str, dict[str, object]]:
-    """The metric settings given on the command line, by metric."""
+def given_settings(args: argparse.Namespace, kind: str) -> dict[str, dict[str, object]]:
+    """The settings of metrics (or executors) given on the command line, by owner."""
     given: dict[str, dict[str, object]] = {}
-    for dest, (metric, name) in args.setting_dests.items():
+    for dest, (owner_kind, owner, name) in args.setting_dests.items():
         value = getattr(args, dest, None)
-        if value is not None:
-            given.setdefault(metric, {})[name] = value
+        if owner_kind == kind and value is not None:
+            given.setdefault(owner, {})[name] = value
     return given
 
 
@@ -212,7 +214,8 @@ def cmd_run(args: argparse.Namespace, registries: Registries) -> int:
                          device=args.device, dataset=args.dataset, data_dir=args.data_dir, resume=args.resume,
                          progress=not args.no_progress, verbose=args.verbose, train_steps=args.steps,
                          train_images=args.images, train_seconds=args.train_seconds, precision=args.precision,
-                         metric_settings=metric_settings(args), sweeps=sweeps,
+                         metric_settings=given_settings(args, "metric"), sweeps=sweeps,
+                         executor_settings=given_settings(args, "executor"),
                          executor=args.executor, command=["trilemma", *args.argv])
     try:
         failed = run(request, registries)

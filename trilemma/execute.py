@@ -38,10 +38,10 @@ class ExecutionSettings:
     device: str
     cache_dir: Path
     data_dir: Path | None = None
-    resume: bool = False
     progress: bool = True
     verbose: bool = False
     metric_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    threads: int | None = None  # torch threads a worker uses (the driver's, so rows match a local run)
 
 
 @dataclass
@@ -114,6 +114,25 @@ def samplers_of(model: GenerativeModel) -> dict[str, Sampler]:
     return dict(found)
 
 
+def run_cell_in_worker(cell: Cell, settings: ExecutionSettings, environment: dict[str, str]) -> CellOutcome:
+    """``execute_cell`` in another process (a Ray task, a Slurm job): the driver's plugin environment
+    (``TRILEMMA_LOAD_PLUGINS``, ``PYTHONPATH`` entries) and thread count, the registries collected here."""
+    import os
+    import sys
+
+    from trilemma.plugins import ALLOWLIST_ENV, collect
+
+    for key, value in environment.items():
+        if key == "PYTHONPATH":
+            sys.path[:0] = [p for p in value.split(os.pathsep) if p and p not in sys.path]
+        os.environ[key] = value
+    if ALLOWLIST_ENV not in environment:
+        os.environ.pop(ALLOWLIST_ENV, None)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    return execute_cell(cell, settings, collect(), log=print)
+
+
 def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries,
                  log: Callable[[str], None] = print) -> CellOutcome:
     """Train ``cell``'s model and evaluate each of its samplers; never raises for a plugin's fault."""
@@ -139,9 +158,9 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
         budget = Budget(preset.steps, preset.train_seconds, preset.batch_size, preset.checkpoint_every, cell.precision)
         cap = f", capped at {preset.train_seconds:g} s" if preset.train_seconds is not None else ""
         log(f"{cell.label}: training on {preset.work}{cap}, {cell.precision}, {base['params']:,} parameters")
+        # A checkpoint here belongs to this cell (the driver cleared stale ones before a fresh run), so a
+        # cell an executor retries after its worker died continues from it.
         checkpoint = run_dir.checkpoint(cell.row_model, cell.seed)
-        if not settings.resume:
-            checkpoint.unlink(missing_ok=True)  # only --resume continues from an earlier checkpoint
         images = training_images(dataset, settings.data_dir, device)
         result = train(model, images, budget, seed=cell.seed, checkpoint=checkpoint, progress=settings.progress,
                        desc=cell.label, log=log)

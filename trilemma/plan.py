@@ -45,6 +45,7 @@ class RunRequest:
     metric_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweeps: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # model → field → values to try
     executor: str = "local"
+    executor_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     command: list[str] = field(default_factory=lambda: ["trilemma", "run"])  # as typed, for the manifest
 
 

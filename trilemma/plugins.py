@@ -36,6 +36,8 @@ BUILTIN_MODULES = (
     "trilemma.metrics.memorization",
     "trilemma.metrics.likelihood",
     "trilemma.executors",
+    "trilemma.ray_executor",
+    "trilemma.slurm_executor",
 )
 #: The model plugins shipped with trilemma (``plugins/`` in its repository): loaded before any
 #: other distribution, so no third party can take their names. A test keeps this in step with

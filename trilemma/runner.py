@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from trilemma.columns import declared_columns
 from trilemma.data import default_data_dir
 from trilemma.environment import configure_device
@@ -39,6 +41,9 @@ def run(request: RunRequest, registries: Registries, log: Callable[[str], None] 
                        for entry in metrics}
     path_flags = ["--out", "--data-dir"] + [s.flag_for(e.name) for e in metrics for s in e.item.settings
                                             if s.parse is Path]
+    executor = registries.executors[request.executor]
+    options = resolve_settings(request.executor, executor.settings, request.executor_settings.get(request.executor, {}))
+    executor.check(options)
     run_dir = RunDirectory(request.out_dir)
     run_dir.ensure_writable()
     say_who_provides(plan, request, registries, log)
@@ -55,17 +60,20 @@ def run(request: RunRequest, registries: Registries, log: Callable[[str], None] 
         for cell in plan.cells:
             if request.resume and recorder.finished(cell):
                 log(f"{cell.label}: already finished, skipped (--resume)")
-            else:
-                todo.append(cell)
+                continue
+            if not request.resume:  # only --resume continues from an earlier checkpoint
+                run_dir.checkpoint(cell.row_model, cell.seed).unlink(missing_ok=True)
+            todo.append(cell)
         settings = ExecutionSettings(
             run_dir=run_dir.root, device=str(plan.device), data_dir=request.data_dir,
-            cache_dir=Path(request.data_dir or default_data_dir()) / "fidelity-cache", resume=request.resume,
-            progress=request.progress, verbose=request.verbose, metric_settings=metric_settings)
-        executor = registries.executors[request.executor]
+            cache_dir=Path(request.data_dir or default_data_dir()) / "fidelity-cache", progress=request.progress,
+            verbose=request.verbose, metric_settings=metric_settings, threads=torch.get_num_threads())
         pending = {(cell.row_model, cell.seed): cell for cell in todo}
-        for outcome in executor.run(Job(todo, settings, registries, log)):
+        for done, outcome in enumerate(executor.run(Job(todo, settings, registries, log, options)), start=1):
             check_outcome(outcome, pending, request.executor)
             recorder.record(outcome)
+            if request.executor != "local":
+                log(f"{outcome.cell.label}: recorded ({done}/{len(todo)} cells, {outcome.failed} failed rows)")
         return recorder.finish()
 
 

@@ -1,0 +1,115 @@
+"""Executors on a real local Ray instance and submitit's local executor (``tox -e dist``): the same
+rows as a local run, a killed worker's cell retried, resume after the driver dies."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+import pytest
+from helpers import REPO, cli_env, trilemma_cli, write_installed_plugin
+
+FAKES = (REPO / "tests" / "fake_models.py").read_text()
+# A model that says which process trains it, so a test can kill that worker mid-cell.
+VICTIM = textwrap.dedent('''
+    import os, time
+    import trilemma
+    from trilemma_fakes import Tiny
+
+    class Victim(Tiny):
+        name = "victim"
+
+        def training_step(self, batch, step):
+            with open(os.environ["TRILEMMA_TEST_PIDS"], "a") as f:
+                f.write(f"{os.getpid()}\\n")
+            time.sleep(0.4)
+            return super().training_step(batch, step)
+
+    @trilemma.hookimpl
+    def register_models(register):
+        register(Victim)
+''')
+TIMING = {"ms_per_sample", "samples_per_s", "latency_ms_batch1", "train_seconds", "train_images_per_s", "train_gflops",
+          "utilisation", "compile_seconds", "peak_gflops"}
+
+
+def same_rows(a, b):
+    a = pd.read_csv(a).set_index(["model", "sampler", "seed"]).sort_index()
+    b = pd.read_csv(b).set_index(["model", "sampler", "seed"]).sort_index()
+    assert list(a.index) == list(b.index)
+    for column in a.columns:
+        if column in TIMING or column.startswith(("ms_per_sample_", "latency_ms")):
+            continue
+        left, right = a[column], b[column]
+        if pd.api.types.is_numeric_dtype(left):
+            assert ((left == right) | (left.isna() & right.isna())).all(), column
+        else:
+            assert (left.fillna("") == right.fillna("")).all(), column
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    site = tmp_path_factory.mktemp("dist") / "site"
+    write_installed_plugin(site, "trilemma-fakes", "fakes", "trilemma_fakes", FAKES)
+    write_installed_plugin(site, "trilemma-victim", "victim", "trilemma_victim", VICTIM)
+    return site
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("executor", [["--executor", "ray"], ["--executor", "slurm", "--slurm-cluster", "local"]])
+def test_the_same_cells_give_the_same_rows_on_any_executor(site, tmp_path, executor):
+    pytest.importorskip("ray" if "ray" in executor else "submitit")
+    env = cli_env(site, allow="fakes")
+    args = ["run", "tiny", "tiny-k3", "--preset", "smoke", "--seeds", "2", "--no-progress"]
+    local = trilemma_cli(*args, "--out", str(tmp_path / "local"), env=env)
+    assert local.returncode == 0, local.stderr
+    remote = trilemma_cli(*args, *executor, "--out", str(tmp_path / "remote"), env=env, timeout=900)
+    assert remote.returncode == 0, remote.stderr + remote.stdout
+    same_rows(tmp_path / "local" / "results.csv", tmp_path / "remote" / "results.csv")
+    assert "recorded (4/4 cells, 0 failed rows)" in remote.stdout
+
+
+@pytest.mark.dist
+def test_a_ray_worker_killed_mid_cell_is_retried_and_every_row_arrives(site, tmp_path):
+    pytest.importorskip("ray")
+    pids = tmp_path / "pids"
+    env = cli_env(site, allow="fakes,victim", TRILEMMA_TEST_PIDS=str(pids), PYTHONUNBUFFERED="1")
+    out = tmp_path / "run"
+    run = subprocess.Popen([sys.executable, "-m", "trilemma", "run", "victim", "tiny", "--preset", "smoke", "--steps",
+                            "8", "--executor", "ray", "--out", str(out), "--no-progress"], env=env, cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (pids.exists() and pids.read_text().strip()):
+            time.sleep(0.2)
+        victim = int(pids.read_text().split()[0])
+        os.kill(victim, signal.SIGKILL)
+        output, _ = run.communicate(timeout=900)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, output
+    rows = pd.read_csv(out / "results.csv").set_index("model")
+    assert set(rows.index) == {"victim", "tiny"} and (rows["status"] == "ok").all()
+    assert rows.loc["victim", "train_steps"] == 8
+    workers = {int(p) for p in pids.read_text().split()}
+    assert len(workers) >= 2 and victim in workers  # the cell ran again in another worker
+
+
+@pytest.mark.dist
+def test_resume_after_the_driver_dies_finishes_only_what_is_missing(site, tmp_path):
+    pytest.importorskip("submitit")
+    env = cli_env(site, allow="fakes")
+    out = tmp_path / "run"
+    args = ["run", "tiny", "tiny-k3", "--preset", "smoke", "--executor", "slurm", "--slurm-cluster", "local",
+            "--out", str(out), "--no-progress"]
+    first = trilemma_cli(*args[:3], *args[4:], env=env, timeout=900)  # tiny only
+    assert first.returncode == 0, first.stderr
+    resumed = trilemma_cli(*args, "--resume", env=env, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "tiny seed 0: already finished, skipped (--resume)" in resumed.stdout
+    assert "recorded (1/1 cells" in resumed.stdout
+    assert set(pd.read_csv(out / "results.csv")["model"]) == {"tiny", "tiny-k3"}

@@ -1,0 +1,81 @@
+"""Run the cells of a run on Ray (``trilemma run ... --executor ray [--address ADDR]``).
+
+Each cell is one Ray task asking for what it needs (a GPU when the run is on CUDA, else CPUs);
+the driver records each outcome as its task finishes. Checkpoints live in the run directory, so it
+must be on a filesystem every node sees; a task whose worker dies is retried by Ray (``max_retries``)
+and continues from its cell's last checkpoint. Without ``--address`` a local Ray instance is started.
+Ray is an optional dependency (``pip install 'trilemma[ray]'``), imported only here, only when used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from trilemma.errors import TrilemmaError
+from trilemma.execute import CellOutcome, run_cell_in_worker
+from trilemma.executors import Executor, Job
+from trilemma.hookspecs import hookimpl
+from trilemma.settings import Setting
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise TrilemmaError("--executor ray needs Ray: pip install 'trilemma[ray]'") from exc
+    return ray
+
+
+class RayExecutor(Executor):
+    """Cells as Ray tasks, on a local instance or the cluster at ``--address``."""
+
+    name = "ray"
+    settings = (
+        Setting("address", flag="--address", protocol=False,
+                help="Ray cluster to join (ray start --head prints it; 'auto' finds a local one); "
+                     "default: start a local instance"),
+        Setting("retries", parse=int, default=2, flag="--ray-retries", protocol=False,
+                help="times Ray retries a cell whose worker died (default 2)"),
+    )
+
+    def check(self, options: dict) -> None:
+        _import_ray()
+
+    def run(self, job: Job) -> Iterator[CellOutcome]:
+        ray = _import_ray()
+        environment = job.worker_environment()
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(address=job.options.get("address"), include_dashboard=False, log_to_driver=True,
+                     runtime_env={"env_vars": environment}, configure_logging=False)
+        try:
+            on_gpu = job.settings.device.startswith("cuda")
+            resources = {"num_gpus": 1} if on_gpu else {"num_cpus": job.settings.threads or 1}
+            task = ray.remote(max_retries=int(job.options.get("retries", 2)), **resources)(run_cell_in_worker)
+            pending = {task.remote(cell, job.settings, environment): cell for cell in job.cells}
+            job.log(f"ray: {len(pending)} cells submitted ({resources})")
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                cell = pending.pop(done[0])
+                try:
+                    yield ray.get(done[0])
+                except ray.exceptions.RayError as exc:  # retries exhausted: the cell's rows say why
+                    yield failed_outcome(cell, job, exc)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+
+def failed_outcome(cell, job: Job, exc: BaseException) -> CellOutcome:
+    """Failed rows for a cell whose task never came back (its sampler names are not known here)."""
+    from trilemma.execute import failure_row
+
+    base = {"model": cell.row_model, "seed": cell.seed, "dataset": cell.dataset, "config_hash": cell.config_hash,
+            "sampler": "-"}
+    job.log(f"{cell.label}: FAILED on the executor: {type(exc).__name__}: {exc}")
+    return CellOutcome(cell, [failure_row(base, exc)])
+
+
+@hookimpl
+def register_executors(register: Callable[..., None]) -> None:
+    register(RayExecutor())
