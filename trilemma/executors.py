@@ -14,6 +14,18 @@ from trilemma.plugins import ALLOWLIST_ENV, Registries
 from trilemma.settings import Setting
 
 
+def require(module: str, flag: str, extra: str) -> Any:
+    """Import an optional engine, or say in one line how to install it."""
+    import importlib
+
+    from trilemma.errors import TrilemmaError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise TrilemmaError(f"{flag} needs {module}: pip install 'trilemma[{extra}]'") from exc
+
+
 @dataclass
 class Job:
     """The cells to run, what executing them needs, and the executor's own settings (``options``)."""

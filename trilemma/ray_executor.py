@@ -11,19 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from trilemma.errors import TrilemmaError
 from trilemma.execute import CellOutcome, run_cell_in_worker
-from trilemma.executors import Executor, Job
+from trilemma.executors import Executor, Job, require
 from trilemma.hookspecs import hookimpl
 from trilemma.settings import Setting
-
-
-def _import_ray():
-    try:
-        import ray
-    except ImportError as exc:
-        raise TrilemmaError("--executor ray needs Ray: pip install 'trilemma[ray]'") from exc
-    return ray
 
 
 class RayExecutor(Executor):
@@ -39,10 +30,10 @@ class RayExecutor(Executor):
     )
 
     def check(self, options: dict) -> None:
-        _import_ray()
+        require("ray", "--executor ray", "ray")
 
     def run(self, job: Job) -> Iterator[CellOutcome]:
-        ray = _import_ray()
+        ray = require("ray", "--executor ray", "ray")
         environment = job.worker_environment()
         started_here = not ray.is_initialized()
         if started_here:

@@ -14,20 +14,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from trilemma.errors import TrilemmaError
 from trilemma.execute import CellOutcome, run_cell_in_worker
-from trilemma.executors import Executor, Job
+from trilemma.executors import Executor, Job, require
 from trilemma.hookspecs import hookimpl
 from trilemma.ray_executor import failed_outcome
 from trilemma.settings import Setting
-
-
-def _import_submitit():
-    try:
-        import submitit
-    except ImportError as exc:
-        raise TrilemmaError("--executor slurm needs submitit: pip install 'trilemma[slurm]'") from exc
-    return submitit
 
 
 class SlurmExecutor(Executor):
@@ -46,10 +37,10 @@ class SlurmExecutor(Executor):
     )
 
     def check(self, options: dict) -> None:
-        _import_submitit()
+        require("submitit", "--executor slurm", "slurm")
 
     def run(self, job: Job) -> Iterator[CellOutcome]:
-        submitit = _import_submitit()
+        submitit = require("submitit", "--executor slurm", "slurm")
         options = job.options
         folder = Path(options.get("folder") or Path(job.settings.run_dir) / "slurm")
         executor = submitit.AutoExecutor(folder=folder, cluster=options.get("cluster"))

@@ -21,7 +21,6 @@ dv = 2Γβ (s + M⁻¹v) dt, taken by one Euler step between two half steps of t
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,10 +29,10 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
-from trilemma_diffusion import UNet
+from trilemma_diffusion import QUICK_UNET, SMOKE_UNET, UNetConfig
 
 import trilemma
-from trilemma.ema import update_ema
+from trilemma.ema import EMA
 
 Score = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (x, v, t) → ∇_v log p_t(v | x)
 
@@ -128,15 +127,11 @@ def sscs(process: CriticallyDampedLangevin, score: Score, x: torch.Tensor, v: to
 
 
 @dataclass
-class CLDConfig(trilemma.ModelConfig):
+class CLDConfig(UNetConfig, trilemma.ModelConfig):
     beta: float = 4.0
     friction: float = 1.0
     v0_factor: float = 0.04
     t_min: float = 1e-3  # training times t ~ U[t_min, 1]; samplers stop there
-    base_channels: int = 64
-    channel_mults: tuple[int, ...] = (1, 2, 2)
-    blocks_per_level: int = 2
-    dropout: float = 0.1
     lr: float = 2e-4
     ema_decay: float = 0.999
     sscs_steps: tuple[int, ...] = (100, 50, 20)
@@ -151,10 +146,9 @@ class CLD(trilemma.GenerativeModel):
     data_channels = (1, 3)
     precisions = ("fp32", "bf16")
     presets = {
-        "smoke": {"config": {"base_channels": 8, "blocks_per_level": 1, "sscs_steps": (6,), "em_steps": (6,)}},
+        "smoke": {"config": {**SMOKE_UNET, "sscs_steps": (6,), "em_steps": (6,)}},
         # The DDPM quick preset's U-Net (with twice the input channels) and optimiser.
-        "quick": {"config": {"base_channels": 16, "channel_mults": (1, 2, 4), "blocks_per_level": 1, "lr": 5e-4,
-                             "ema_decay": 0.995, "dropout": 0.0, "sscs_steps": (50, 20), "em_steps": (50, 20)},
+        "quick": {"config": {**QUICK_UNET, "lr": 5e-4, "ema_decay": 0.995, "sscs_steps": (50, 20), "em_steps": (50, 20)},
                   "budget": {"train_images": 128_000, "batch_size": 64}},
         "standard": {"budget": {"train_images": 2_560_000, "batch_size": 128}},
     }
@@ -163,10 +157,8 @@ class CLD(trilemma.GenerativeModel):
         super().__init__(config, channels)
         c = self.config
         self.process = CriticallyDampedLangevin(c.beta, c.friction, c.v0_factor)
-        self.eps_net = UNet(channels, c.base_channels, c.channel_mults, c.blocks_per_level, c.dropout,
-                            in_channels=2 * channels)
-        self.ema = copy.deepcopy(self.eps_net).requires_grad_(False)
-        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self.eps_net = c.unet(channels, in_channels=2 * channels)
+        self.ema = EMA(self.eps_net, self.config.ema_decay)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"adam": torch.optim.Adam(self.eps_net.parameters(), lr=self.config.lr)}
@@ -185,8 +177,7 @@ class CLD(trilemma.GenerativeModel):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        self.ema_updates += 1
-        update_ema(self.ema, self.eps_net, self.config.ema_decay, int(self.ema_updates))
+        self.ema.update(self.eps_net)
         return {"loss": loss}
 
     def score(self, x: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:

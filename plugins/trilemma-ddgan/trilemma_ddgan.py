@@ -16,7 +16,6 @@ VP-SDE (β_min = 0.1, β_max = 20) at t = k/T (paper, Appendix C).
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -27,7 +26,7 @@ from torch import nn
 from trilemma_diffusion import GaussianDiffusion, UNet, norm, sinusoidal_embedding
 
 import trilemma
-from trilemma.ema import update_ema
+from trilemma.ema import EMA
 
 
 def vp_betas(timesteps: int, beta_min: float = 0.1, beta_max: float = 20.0) -> torch.Tensor:
@@ -121,8 +120,7 @@ class DDGAN(trilemma.GenerativeModel):
         self.generator = UNet(channels, c.base_channels, c.channel_mults, c.blocks_per_level, dropout=0.0,
                               cond_dim=c.latent_dim)
         self.discriminator = Discriminator(channels, c.disc_width, c.disc_stddev_group)
-        self.ema = copy.deepcopy(self.generator).requires_grad_(False)
-        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self.ema = EMA(self.generator, c.ema_decay)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         c = self.config
@@ -176,12 +174,8 @@ class DDGAN(trilemma.GenerativeModel):
         g_loss.backward()
         self.discriminator.requires_grad_(True)
         self.optimizers["generator"].step()
-        self.update_ema()
+        self.ema.update(self.generator)
         return {"d_loss": d_loss, "g_loss": g_loss, "r1": r1}
-
-    def update_ema(self) -> None:
-        self.ema_updates += 1
-        update_ema(self.ema, self.generator, self.config.ema_decay, int(self.ema_updates))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         x = torch.randn(n, self.channels, 28, 28, generator=generator, device=self.device)

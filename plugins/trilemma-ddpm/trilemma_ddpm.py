@@ -16,7 +16,6 @@ The model has a likelihood: the variational bound (bits per dimension, kind ``vl
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -24,15 +23,15 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from trilemma_diffusion import SCHEDULES, GaussianDiffusion, UNet
+from trilemma_diffusion import QUICK_UNET, SCHEDULES, SMOKE_UNET, GaussianDiffusion, UNetConfig
 from trilemma_diffusion import samplers as sampling
 
 import trilemma
-from trilemma.ema import update_ema
+from trilemma.ema import EMA
 
 
 @dataclass
-class DDPMConfig(trilemma.ModelConfig):
+class DDPMConfig(UNetConfig, trilemma.ModelConfig):
     timesteps: int = 1000
     schedule: Literal["linear", "cosine", "quadratic", "sigmoid"] = "linear"
     objective: Literal["eps", "x0", "v"] = "eps"
@@ -41,10 +40,6 @@ class DDPMConfig(trilemma.ModelConfig):
     p2_k: float = 1.0
     p2_gamma: float = 1.0
     min_snr_gamma: float = 5.0
-    base_channels: int = 64
-    channel_mults: tuple[int, ...] = (1, 2, 2)
-    blocks_per_level: int = 2
-    dropout: float = 0.1
     lr: float = 2e-4
     ema_decay: float = 0.999
     clip_x0: bool = True  # clip x̂_0 to [−1, 1] when sampling
@@ -64,11 +59,10 @@ class DDPM(trilemma.GenerativeModel):
     data_channels = (1, 3)
     precisions = ("fp32", "bf16")
     presets = {
-        "smoke": {"config": {"timesteps": 20, "base_channels": 8, "blocks_per_level": 1, "ddim_steps": (10, 5),
-                             "dpm_steps": (5,), "heun_steps": (3,)}},
+        "smoke": {"config": {**SMOKE_UNET, "timesteps": 20, "ddim_steps": (10, 5), "dpm_steps": (5,),
+                             "heun_steps": (3,)}},
         # Sized so that training and the samplers fit in about 10 minutes on a 2-core CPU (bf16).
-        "quick": {"config": {"timesteps": 100, "base_channels": 16, "channel_mults": (1, 2, 4), "blocks_per_level": 1,
-                             "lr": 5e-4, "ema_decay": 0.995, "dropout": 0.0, "ddim_steps": (50, 10),
+        "quick": {"config": {**QUICK_UNET, "timesteps": 100, "lr": 5e-4, "ema_decay": 0.995, "ddim_steps": (50, 10),
                              "dpm_steps": (20, 10), "heun_steps": (10,)},
                   "budget": {"train_images": 160_000, "batch_size": 64}},  # 2,500 steps
         "standard": {"budget": {"train_images": 2_560_000, "batch_size": 128}},
@@ -79,10 +73,8 @@ class DDPM(trilemma.GenerativeModel):
         c = self.config
         self.diffusion = GaussianDiffusion(SCHEDULES[c.schedule](c.timesteps))
         in_channels = 2 * channels if c.self_condition else channels
-        self.unet = UNet(channels, c.base_channels, c.channel_mults, c.blocks_per_level, c.dropout,
-                         in_channels=in_channels)
-        self.ema = copy.deepcopy(self.unet).requires_grad_(False)
-        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self.unet = c.unet(channels, in_channels)
+        self.ema = EMA(self.unet, c.ema_decay)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"adam": torch.optim.Adam(self.unet.parameters(), lr=self.config.lr)}
@@ -112,8 +104,7 @@ class DDPM(trilemma.GenerativeModel):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        self.ema_updates += 1
-        update_ema(self.ema, self.unet, c.ema_decay, int(self.ema_updates))
+        self.ema.update(self.unet)
         return {"loss": loss}
 
     # --- sampling ---------------------------------------------------------------------------

@@ -12,26 +12,21 @@ schedule to tune.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from trilemma_diffusion import UNet
+from trilemma_diffusion import QUICK_UNET, SMOKE_UNET, UNetConfig
 
 import trilemma
-from trilemma.ema import update_ema
+from trilemma.ema import EMA
 
 
 @dataclass
-class FlowMatchingConfig(trilemma.ModelConfig):
+class FlowMatchingConfig(UNetConfig, trilemma.ModelConfig):
     sigma_min: float = 0.0
-    base_channels: int = 64
-    channel_mults: tuple[int, ...] = (1, 2, 2)
-    blocks_per_level: int = 2
-    dropout: float = 0.1
     lr: float = 2e-4
     ema_decay: float = 0.999
     euler_steps: tuple[int, ...] = (100, 20, 10, 4, 1)
@@ -46,10 +41,10 @@ class FlowMatching(trilemma.GenerativeModel):
     data_channels = (1, 3)
     precisions = ("fp32", "bf16")
     presets = {
-        "smoke": {"config": {"base_channels": 8, "blocks_per_level": 1, "euler_steps": (4, 1), "midpoint_steps": (2,)}},
+        "smoke": {"config": {**SMOKE_UNET, "euler_steps": (4, 1), "midpoint_steps": (2,)}},
         # The DDPM quick preset's U-Net and optimiser, so the two objectives compare on equal terms.
-        "quick": {"config": {"base_channels": 16, "channel_mults": (1, 2, 4), "blocks_per_level": 1, "lr": 5e-4,
-                             "ema_decay": 0.995, "dropout": 0.0, "euler_steps": (50, 10, 4, 1), "midpoint_steps": (5,)},
+        "quick": {"config": {**QUICK_UNET, "lr": 5e-4, "ema_decay": 0.995, "euler_steps": (50, 10, 4, 1),
+                             "midpoint_steps": (5,)},
                   "budget": {"train_images": 160_000, "batch_size": 64}},
         "standard": {"budget": {"train_images": 2_560_000, "batch_size": 128}},
     }
@@ -57,9 +52,8 @@ class FlowMatching(trilemma.GenerativeModel):
     def __init__(self, config: FlowMatchingConfig | None = None, channels: int = 1) -> None:
         super().__init__(config, channels)
         c = self.config
-        self.velocity = UNet(channels, c.base_channels, c.channel_mults, c.blocks_per_level, c.dropout)
-        self.ema = copy.deepcopy(self.velocity).requires_grad_(False)
-        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self.velocity = c.unet(channels)
+        self.ema = EMA(self.velocity, c.ema_decay)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"adam": torch.optim.Adam(self.velocity.parameters(), lr=self.config.lr)}
@@ -76,8 +70,7 @@ class FlowMatching(trilemma.GenerativeModel):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        self.ema_updates += 1
-        update_ema(self.ema, self.velocity, self.config.ema_decay, int(self.ema_updates))
+        self.ema.update(self.velocity)
         return {"loss": loss}
 
     def _field(self, x: torch.Tensor, t: float) -> torch.Tensor:

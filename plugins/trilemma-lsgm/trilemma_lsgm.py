@@ -23,7 +23,6 @@ t_i = (i + 1)/T, then one decoder pass: NFE = k + 1, both networks counted by th
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -36,7 +35,7 @@ from trilemma_diffusion import GaussianDiffusion, UNet
 from trilemma_diffusion import samplers as sampling
 
 import trilemma
-from trilemma.ema import update_ema
+from trilemma.ema import EMA
 
 
 @dataclass(frozen=True)
@@ -146,8 +145,7 @@ class LSGM(trilemma.GenerativeModel):
         self.encoder = Encoder(channels, c.vae_filters, c.latent_channels)
         self.decoder = Decoder(channels, c.vae_filters, c.latent_channels)
         self.score = UNet(c.latent_channels, c.score_base, (1,), c.score_blocks, c.dropout)  # at 7×7, no resampling
-        self.ema = copy.deepcopy(self.score).requires_grad_(False)
-        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self.ema = EMA(self.score, c.ema_decay)
         self.grid = self.sde.discretised(c.timesteps)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -199,8 +197,7 @@ class LSGM(trilemma.GenerativeModel):
             self.optimizers["vae"].step()
         if "score_loss" in losses:
             self.optimizers["score"].step()
-            self.ema_updates += 1
-            update_ema(self.ema, self.score, c.ema_decay, int(self.ema_updates))
+            self.ema.update(self.score)
         return losses
 
     # --- sampling ---------------------------------------------------------------------------

@@ -4,14 +4,17 @@ A library, not a plugin: it has no entry point and registers no model."""
 
 from trilemma_diffusion.gaussian import GaussianDiffusion, Objective, Weighting, discretized_gaussian_log_likelihood
 from trilemma_diffusion.schedules import SCHEDULES, cosine_betas, linear_betas, quadratic_betas, sigmoid_betas
-from trilemma_diffusion.unet import UNet, norm, sinusoidal_embedding
+from trilemma_diffusion.unet import QUICK_UNET, SMOKE_UNET, UNet, UNetConfig, norm, sinusoidal_embedding
 
 __version__ = "0.1.0"
 __all__ = [
+    "QUICK_UNET",
     "SCHEDULES",
+    "SMOKE_UNET",
     "GaussianDiffusion",
     "Objective",
     "UNet",
+    "UNetConfig",
     "Weighting",
     "cosine_betas",
     "discretized_gaussian_log_likelihood",

@@ -6,6 +6,7 @@ Appendix B). Timesteps may be fractional (continuous-time models pass t·1000)."
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -123,3 +124,23 @@ class UNet(nn.Module):
             else:
                 h = layer(h)
         return self.head(h)
+
+
+@dataclass
+class UNetConfig:
+    """The U-Net's size, as config fields a model's ``Config`` inherits."""
+
+    base_channels: int = 64
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    blocks_per_level: int = 2
+    dropout: float = 0.1
+
+    def unet(self, channels: int, in_channels: int | None = None) -> UNet:
+        return UNet(channels, self.base_channels, self.channel_mults, self.blocks_per_level, self.dropout,
+                    in_channels=in_channels)
+
+
+#: The U-Net of the quick (2-core CPU) presets: 16/32/64 channels at 28/14/7, one block a level.
+QUICK_UNET = {"base_channels": 16, "channel_mults": (1, 2, 4), "blocks_per_level": 1, "dropout": 0.0}
+#: The U-Net of the smoke preset (seconds, for tests).
+SMOKE_UNET = {"base_channels": 8, "blocks_per_level": 1}
