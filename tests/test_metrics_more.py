@@ -157,6 +157,10 @@ def test_exact_likelihood_is_reported_in_bits_per_dimension_with_its_kind(strang
     rows = runs["a"]
     assert rows.loc["uniform", "bpd"] == pytest.approx(8.0) and rows.loc["uniform", "bpd_kind"] == "exact"
     assert pd.isna(rows.loc["tiny", "bpd"])  # no likelihood, no number
+    # By default the bound is averaged over a fifth of the evaluation samples, never fewer than 100 images.
+    manifest = json.loads((stranger[0] / "a" / "manifest.json").read_text())
+    eval_samples = manifest["models"]["uniform"]["eval_samples"]
+    assert manifest["metrics"]["likelihood"]["images"] == max(100, eval_samples // 5)
 
 
 def test_a_strangers_metric_is_a_first_class_column(stranger):

@@ -148,8 +148,8 @@ class CLD(trilemma.GenerativeModel):
     presets = {
         "smoke": {"config": {**SMOKE_UNET, "sscs_steps": (6,), "em_steps": (6,)}},
         # The DDPM quick preset's U-Net (with twice the input channels) and optimiser.
-        "quick": {"config": {**QUICK_UNET, "lr": 5e-4, "ema_decay": 0.995, "sscs_steps": (50, 20), "em_steps": (50, 20)},
-                  "budget": {"train_images": 128_000, "batch_size": 64}},
+        "quick": {"config": {**QUICK_UNET, "lr": 5e-4, "ema_decay": 0.995, "sscs_steps": (20, 10), "em_steps": (20,)},
+                  "budget": {"train_images": 96_000, "batch_size": 64}},
         "standard": {"budget": {"train_images": 2_560_000, "batch_size": 128}},
     }
 

@@ -76,7 +76,7 @@ class DCGAN(trilemma.GenerativeModel):
     precisions = ("fp32", "bf16")
     presets = {
         "smoke": {"config": {"width": 8, "latent_dim": 16}},
-        "quick": {"budget": {"train_images": 192_000, "batch_size": 64}},  # 3,000 steps
+        "quick": {"budget": {"train_images": 128_000, "batch_size": 64}},  # 2,000 steps
         "standard": {"budget": {"train_images": 1_280_000, "batch_size": 128}},
     }
 

@@ -71,7 +71,7 @@ class Glow(trilemma.GenerativeModel):
     presets = {
         "smoke": {"config": {"blocks_per_level": 2, "hidden_channels": 8}},
         "quick": {"config": {"blocks_per_level": 4, "hidden_channels": 32},
-                  "budget": {"train_images": 64_000, "batch_size": 64}},
+                  "budget": {"train_images": 48_000, "batch_size": 64}},
         "standard": {"budget": {"train_images": 1_280_000, "batch_size": 128}},
     }
 

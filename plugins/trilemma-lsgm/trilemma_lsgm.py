@@ -133,7 +133,7 @@ class LSGM(trilemma.GenerativeModel):
                              "ddim_steps": (4,), "dpm_steps": (3,)}},
         "quick": {"config": {"vae_filters": 32, "score_base": 32, "score_blocks": 1, "ce_warmup_steps": 500,
                              "vae_steps": 1000, "ema_decay": 0.995, "ddim_steps": (100, 20, 10), "dpm_steps": (10,)},
-                  "budget": {"train_images": 128_000, "batch_size": 64}},
+                  "budget": {"train_images": 96_000, "batch_size": 64}},
         "standard": {"config": {"vae_steps": 10_000, "ce_warmup_steps": 5000},
                      "budget": {"train_images": 2_560_000, "batch_size": 128}},
     }

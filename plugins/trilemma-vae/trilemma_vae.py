@@ -64,7 +64,7 @@ class VAE(trilemma.GenerativeModel):
     precisions = ("fp32", "bf16")
     presets = {
         "smoke": {"config": {"filters": 8}},
-        "quick": {"budget": {"train_images": 192_000}},  # 1,500 steps of 128
+        "quick": {"budget": {"train_images": 128_000}},  # 1,000 steps of 128
         "standard": {"budget": {"train_images": 1_280_000}},
     }
 

@@ -35,14 +35,21 @@ class LikelihoodMetric(Metric):
         Column("bpd_kind", description="exact, elbo or vlb"),
     )
     protocol_keys = ("images",)
-    settings = (Setting("likelihood_images", parse=int, default=1000,
-                        help="test images the bits per dimension are averaged over"),)
+    settings = (Setting("likelihood_images", parse=int, default=None,
+                        help="test images the bits per dimension are averaged over (default: a fifth of the "
+                             "preset's evaluation samples, at least 100)"),)
 
     def __init__(self) -> None:
         self._done: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # one evaluation per trained model
 
     def applies_to(self, dataset: Any) -> bool:
         return True
+
+    @staticmethod
+    def images(ctx: EvalContext) -> int:
+        given = ctx.settings.get("likelihood_images")
+        n = int(given) if given is not None else max(100, ctx.preset.eval_samples // 5)
+        return max(1, min(n, len(ctx.data["test"].images)))
 
     def compute(self, ctx: EvalContext) -> dict[str, Any]:
         if not type(ctx.model).has_likelihood():
@@ -52,7 +59,7 @@ class LikelihoodMetric(Metric):
         return dict(self._done[ctx.model])
 
     def _bits_per_dim(self, ctx: EvalContext) -> dict[str, Any]:
-        n = max(1, int(ctx.settings.get("likelihood_images", 1000)))
+        n = self.images(ctx)
         images = ctx.data["test"].images[:n]
         generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 4242)
         nats, kinds = [], set()
@@ -74,7 +81,7 @@ class LikelihoodMetric(Metric):
         return {"bpd": float(-torch.cat(nats).mean() / (pixels * math.log(2))), "bpd_kind": kinds.pop()}
 
     def protocol(self, ctx: EvalContext) -> dict[str, Any]:
-        n = min(int(ctx.settings.get("likelihood_images", 1000)), len(ctx.data["test"].images))
+        n = self.images(ctx)
         return {"summary": f"bits per dimension = −log2 p(x) / pixels of the first {n} test images (8-bit, 256 levels), "
                            "for models with a likelihood; kinds: exact, elbo, vlb (bounds are upper bounds on bits)",
                 "images": n}
