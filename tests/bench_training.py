@@ -10,6 +10,7 @@ the same run. The last test prints the table with the ratios.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import sys
 import time
@@ -23,7 +24,7 @@ from trilemma.environment import resolve_precision
 from trilemma.model import resolve_config
 from trilemma.train import autocast
 
-MODELS = ("vae", "dcgan", "ddpm", "ddgan")
+MODELS = ("vae", "dcgan", "ddpm", "ddgan", "flow-matching", "cld", "lsgm", "glow")
 STEPS = 8
 PRESET = os.environ.get("TRILEMMA_BENCH_PRESET", "quick")
 DEVICE = torch.device(os.environ.get("TRILEMMA_BENCH_DEVICE", "cpu"))
@@ -37,16 +38,21 @@ def installed_models():
     return collect().models
 
 
-def baseline_class(name: str):
+def baseline_class(cls):
+    """The same model class from the checkout at TRILEMMA_BENCH_BASELINE (None where it has none)."""
     root = os.environ.get("TRILEMMA_BENCH_BASELINE")
     if not root:
         return None
-    path = Path(root) / "plugins" / f"trilemma-{name}" / f"trilemma_{name}.py"
-    spec = importlib.util.spec_from_file_location(f"baseline_trilemma_{name}", path)
+    here = Path(inspect.getfile(cls)).resolve()
+    path = Path(root) / here.relative_to(Path(__file__).resolve().parents[1])
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location(f"baseline_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    return next(v for v in vars(module).values() if isinstance(v, type) and getattr(v, "name", None) == name)
+    return next((v for v in vars(module).values() if isinstance(v, type) and getattr(v, "name", None) == cls.name),
+                None)
 
 
 def measure(cls, precision: str, images: torch.Tensor, benchmark=None) -> dict[str, float]:
@@ -97,9 +103,9 @@ def test_training_step(benchmark, train_images, name, path):
         pytest.skip(f"{name} is not installed")
     cls = models[name]
     if path == "baseline":
-        cls = baseline_class(name)
+        cls = baseline_class(cls)
         if cls is None:
-            pytest.skip("set TRILEMMA_BENCH_BASELINE to a checkout to time its code")
+            pytest.skip("no baseline: set TRILEMMA_BENCH_BASELINE to a checkout that has this model")
         precision = "fp32"
     elif path == "fp32":
         precision = "fp32"
@@ -132,7 +138,7 @@ def summary_rows() -> list[str]:
             if r is None:
                 continue
             reference = RESULTS.get((name, "baseline")) or RESULTS[(name, "fp32")]
-            rows.append(f"{name:7s} {path:9s} {r['precision']:5s} batch {r['batch']:4d} {r['ms_per_step']:8.1f} ms/step "
+            rows.append(f"{name:13s} {path:9s} {r['precision']:5s} batch {r['batch']:4d} {r['ms_per_step']:8.1f} ms/step "
                         f"{r['images_per_s']:7.0f} img/s {r['gflops']:6.1f} GFLOP/s {r['utilisation']:5.0%} of peak  "
                         f"×{r['images_per_s'] / reference['images_per_s']:.2f} img/s")
     return rows

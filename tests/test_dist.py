@@ -100,16 +100,35 @@ def test_a_ray_worker_killed_mid_cell_is_retried_and_every_row_arrives(site, tmp
 
 
 @pytest.mark.dist
-def test_resume_after_the_driver_dies_finishes_only_what_is_missing(site, tmp_path):
+def test_resume_after_the_driver_is_killed_finishes_only_what_is_missing(site, tmp_path):
+    """The driver is killed (SIGKILL) after one cell's row landed and while another cell trains; the same
+    command with --resume skips the finished cell and runs only the missing one."""
     pytest.importorskip("submitit")
-    env = cli_env(site, allow="fakes")
+    pids = tmp_path / "pids"
+    env = cli_env(site, allow="fakes,victim", TRILEMMA_TEST_PIDS=str(pids), PYTHONUNBUFFERED="1")
     out = tmp_path / "run"
-    args = ["run", "tiny", "tiny-k3", "--preset", "smoke", "--executor", "slurm", "--slurm-cluster", "local",
-            "--out", str(out), "--no-progress"]
-    first = trilemma_cli(*args[:3], *args[4:], env=env, timeout=900)  # tiny only
-    assert first.returncode == 0, first.stderr
+    args = ["run", "tiny", "victim", "--preset", "smoke", "--steps", "8", "--executor", "slurm", "--slurm-cluster",
+            "local", "--out", str(out), "--no-progress"]
+    driver = subprocess.Popen([sys.executable, "-m", "trilemma", *args], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.csv"
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and not (results.exists() and "tiny," in results.read_text()
+                                              and pids.exists() and pids.read_text().strip()):
+            time.sleep(0.1)
+        assert driver.poll() is None, "the driver finished before it could be killed"
+        driver.kill()
+        driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    before = pd.read_csv(results)
+    assert set(before["model"]) == {"tiny"}  # the victim's row never landed
     resumed = trilemma_cli(*args, "--resume", env=env, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
     assert "tiny seed 0: already finished, skipped (--resume)" in resumed.stdout
     assert "recorded (1/1 cells" in resumed.stdout
-    assert set(pd.read_csv(out / "results.csv")["model"]) == {"tiny", "tiny-k3"}
+    rows = pd.read_csv(results)
+    assert sorted(rows["model"]) == ["tiny", "victim"] and (rows["status"] == "ok").all()
+    assert rows.set_index("model").loc["victim", "train_steps"] == 8
