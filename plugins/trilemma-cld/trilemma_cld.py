@@ -101,9 +101,11 @@ def euler_maruyama(process: CriticallyDampedLangevin, score: Score, x: torch.Ten
 
 
 def sscs(process: CriticallyDampedLangevin, score: Score, x: torch.Tensor, v: torch.Tensor, steps: int,
-         t_end: float, generator: torch.Generator | None) -> torch.Tensor:
+         t_end: float, generator: torch.Generator | None, denoise_last: bool = True) -> torch.Tensor:
     """Symmetric splitting CLD sampler (Dockhorn et al., §3.3): half an exact step of the linear part,
-    an Euler step of the score part at the midpoint, half an exact linear step."""
+    an Euler step of the score part at the midpoint, half an exact linear step. With ``denoise_last``
+    the final half step takes its mean: the noise it would add to x is never corrected by a later
+    score step (the last-step denoising of Jolicoeur-Martineau et al. 2021, §4)."""
     beta, g, m = process.beta, process.friction, process.mass
     h = (1 - t_end) / steps
     e = [float(c) for c in process.reverse_linear_map(beta * h / 2)]
@@ -112,9 +114,11 @@ def sscs(process: CriticallyDampedLangevin, score: Score, x: torch.Tensor, v: to
     lxv = cxv / lxx if lxx > 0 else 0.0
     lvv = math.sqrt(max(cvv - lxv * lxv, 0.0))
 
-    def half(x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def half(x: torch.Tensor, v: torch.Tensor, noise: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         zx = torch.randn(x.shape, generator=generator, device=x.device)
         zv = torch.randn(v.shape, generator=generator, device=v.device)
+        if not noise:
+            return e[0] * x + e[1] * v, e[2] * x + e[3] * v
         return (e[0] * x + e[1] * v + lxx * zx,
                 e[2] * x + e[3] * v + lxv * zx + lvv * zv)
 
@@ -122,7 +126,7 @@ def sscs(process: CriticallyDampedLangevin, score: Score, x: torch.Tensor, v: to
         t = 1 - i * h
         x, v = half(x, v)
         v = v + h * 2 * g * beta * (score(x, v, t - h / 2) + v / m)
-        x, v = half(x, v)
+        x, v = half(x, v, noise=not (denoise_last and i == steps - 1))
     return x
 
 
@@ -147,8 +151,10 @@ class CLD(trilemma.GenerativeModel):
     precisions = ("fp32", "bf16")
     presets = {
         "smoke": {"config": {**SMOKE_UNET, "sscs_steps": (6,), "em_steps": (6,)}},
-        # The DDPM quick preset's U-Net (with twice the input channels) and optimiser.
-        "quick": {"config": {**QUICK_UNET, "lr": 5e-4, "ema_decay": 0.995, "sscs_steps": (20, 10), "em_steps": (20,)},
+        # The DDPM quick preset's U-Net (with twice the input channels) and optimiser. On the quick
+        # checkpoint SSCS gave FID 135 at 20 steps (one class), 41 at 50, 28 at 100 (10 classes).
+        "quick": {"config": {**QUICK_UNET, "lr": 5e-4, "ema_decay": 0.995, "sscs_steps": (100, 50, 20),
+                             "em_steps": (50,)},
                   "budget": {"train_images": 96_000, "batch_size": 64}},
         "standard": {"budget": {"train_images": 2_560_000, "batch_size": 128}},
     }
