@@ -97,16 +97,22 @@ class VAE(trilemma.GenerativeModel):
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"adam": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
 
+    def posterior_decode(self, x: torch.Tensor, generator: torch.Generator | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image: the decoder's logits for one z ~ q(z | x) (reparameterisation trick), and
+        KL(q(z | x) ‖ N(0, I)) in nats."""
+        mean, logvar = self.encoder(x.contiguous(memory_format=torch.channels_last))
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        logits = self.decoder(mean + noise * torch.exp(0.5 * logvar))
+        kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp(), dim=1)
+        return logits, kl
+
     def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per image: the Bernoulli reconstruction term −log p(x | z) for one z ~ q(z | x), and
         KL(q(z | x) ‖ N(0, I)), in nats."""
         x = x.contiguous(memory_format=torch.channels_last)
-        mean, logvar = self.encoder(x)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        z = mean + noise * torch.exp(0.5 * logvar)  # reparameterisation trick
-        logits = self.decoder(z)
+        logits, kl = self.posterior_decode(x, generator)
         reconstruction = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
-        kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp(), dim=1)
         return reconstruction, kl
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -120,12 +126,8 @@ class VAE(trilemma.GenerativeModel):
         (``discretized_continuous_bernoulli``). The unnormalised Bernoulli cross-entropy on grey levels
         is a density of nothing and gave 0.19 bits per dimension; any decoder distribution over the 256
         levels gives a valid bound, comparable with a flow's exact bits and DDPM's bound."""
-        x = images.float() / 255
-        mean, logvar = self.encoder(x.contiguous(memory_format=torch.channels_last))
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        logits = self.decoder(mean + noise * torch.exp(0.5 * logvar)).float()
-        log_p = discretized_continuous_bernoulli(logits, images)
-        kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp(), dim=1)
+        logits, kl = self.posterior_decode(images.float() / 255, generator)
+        log_p = discretized_continuous_bernoulli(logits.float(), images)
         return trilemma.LogLikelihood(log_p.flatten(1).sum(1).float() - kl, "elbo")
 
     def training_step(self, batch: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
