@@ -108,7 +108,25 @@ class TinySlow(Tiny):
         step_sleep: float = 0.5
 
 
+class TinySteps(Tiny):
+    """Offers a sampler method with parameters: ``loop:steps=k`` calls its network k times."""
+
+    name = "tiny-steps"
+    samplers = ("loop:steps=2",)
+    presets = {"smoke": {"samplers": (*trilemma.grid("loop", steps=(1, 3)),)}}
+
+    def loop(self, n, generator=None, *, steps: int, mix: float = 0.01):
+        z = torch.randn(n, 4, generator=generator, device=self.device)
+        for _ in range(steps):
+            out = self.net(z)
+            z = z + mix * out[:, :4]
+        return torch.sigmoid(out).view(n, self.channels, 28, 28)
+
+    def sampler_methods(self):
+        return {"loop": self.loop, "default": self.sample}
+
+
 @trilemma.hookimpl
 def register_models(register):
-    for cls in (Tiny, TinyExploding, TinyNaN, TinyThreeCalls, TinyBadSamples, TinySlow):
+    for cls in (Tiny, TinyExploding, TinyNaN, TinyThreeCalls, TinyBadSamples, TinySlow, TinySteps):
         register(cls)

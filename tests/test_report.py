@@ -123,3 +123,47 @@ def test_comparison_table_matches_rows_by_model_and_sampler(tmp_path):
     table = comparison_table(a, b, columns_of([MANIFEST])).set_index(["model", "sampler"])
     expected = b[b.model == "vae"]["fid"].mean() - a[a.model == "vae"]["fid"].mean()
     assert table.loc[("vae", "default"), "fid Δ"] == pytest.approx(expected)
+
+
+def _identity_run(path, seeds, identity, config_hash="c0"):
+    make_run(path, seeds=seeds, fail=None)
+    frame = pd.read_csv(path / "results.csv")
+    frame["identity"], frame["config_hash"] = identity, config_hash
+    frame.to_csv(path / "results.csv", index=False)
+
+
+def test_pooling_refuses_one_name_trained_as_different_identities(tmp_path, capsys):
+    # Measured in issue 21: vae at latent_dim 16 (seed 0) and at 8 (seeds 0, 1) pooled into "vae, seeds 3".
+    _identity_run(tmp_path / "z16", (0,), "aaaaaa111111", "h16")
+    _identity_run(tmp_path / "z8", (0, 1), "bbbbbb222222", "h8")
+    pooled = tmp_path / "pooled"
+    assert main(["report", str(tmp_path / "z16"), str(tmp_path / "z8"), "--out", str(pooled)]) == 2
+    err = capsys.readouterr().err
+    assert "different identities" in err and "aaaaaa111111" in err and "bbbbbb222222" in err
+    assert not pooled.exists()
+    # --force reports each identity apart, never one pooled row.
+    render_runs([tmp_path / "z16", tmp_path / "z8"], out=pooled, force=True)
+    summary = pd.read_csv(pooled / "summary.csv")
+    vae = summary[summary["model"].str.startswith("vae")].set_index("model")["n_seeds"].to_dict()
+    assert vae == {"vae [id aaaaaa]": 1, "vae [id bbbbbb]": 2}
+
+
+def test_pooling_refuses_a_seed_counted_twice(tmp_path, capsys):
+    _identity_run(tmp_path / "a", (0, 1), "aaaaaa111111")
+    _identity_run(tmp_path / "b", (1, 2), "aaaaaa111111")
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "seed 1 in" in err and "seed 0" not in err and "counted twice" in err
+    _identity_run(tmp_path / "c", (2,), "aaaaaa111111")
+    render_runs([tmp_path / "a", tmp_path / "c"], out=tmp_path / "ok")
+    assert (pd.read_csv(tmp_path / "ok" / "summary.csv")["n_seeds"] == 3).all()
+
+
+def test_legacy_rows_pool_by_config_hash_and_one_run_keeps_identities_apart(tmp_path):
+    make_run(tmp_path / "old", seeds=(0, 1), fail=None)
+    frame = pd.read_csv(tmp_path / "old" / "results.csv")
+    frame["config_hash"] = ["h1" if seed == 0 else "h2" for seed in frame["seed"]]
+    frame.to_csv(tmp_path / "old" / "results.csv", index=False)
+    render_run(tmp_path / "old")
+    table = (tmp_path / "old" / "report.md").read_text()
+    assert "vae [id h1]" in table and "vae [id h2]" in table

@@ -38,8 +38,9 @@ ODD = textwrap.dedent('''
 
     class Nan(Tiny):
         name = "nan"
+        samplers = ("null",)
 
-        def samplers(self):
+        def sampler_methods(self):
             return {"null": self.sample}
 
     class Null(Tiny):
@@ -51,8 +52,9 @@ ODD = textwrap.dedent('''
 
     class Escape(Tiny):
         name = "escape"
+        samplers = ("../../outside",)
 
-        def samplers(self):
+        def sampler_methods(self):
             return {"../../outside": self.sample}
 
     class Quits(Tiny):

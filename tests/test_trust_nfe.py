@@ -133,7 +133,7 @@ def sneaky_run(tmp_path_factory):
     env = cli_env(site, allow="sneaky")
     ran = trilemma_cli("run", "undeclared", "direct-forward", "layerwise", "time-first", "traced", "--preset", "smoke",
                        "--out", str(out), "--no-progress", env=env)
-    listed = trilemma_cli("list", env=env)
+    listed = trilemma_cli("list", "--check", env=env)
     return ran, pd.read_csv(out / "results.csv").set_index("model"), (out / "report.md").read_text(), listed
 
 

@@ -1,4 +1,4 @@
-"""The ``trilemma`` command: ``list``, ``run``, ``report`` and ``classifier``."""
+"""The ``trilemma`` command: ``list``, ``run``, ``eval``, ``report`` and ``classifier``."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trilemma.environment import PRECISIONS
 from trilemma.errors import TrilemmaError
-from trilemma.presets import PRESET_CHOICES
+from trilemma.presets import PRECISIONS, PRESET_CHOICES
 
 if TYPE_CHECKING:
     from trilemma.plugins import Registries
@@ -67,11 +66,14 @@ def parse_overrides(items: Sequence[str], flag: str = "--set") -> dict[str, dict
     return overrides
 
 
-def add_setting_flags(parser: argparse.ArgumentParser, registries: Registries) -> dict[str, tuple[str, str, str]]:
+def add_setting_flags(parser: argparse.ArgumentParser, registries: Registries,
+                      kinds: Sequence[str] = ("metric", "executor")) -> dict[str, tuple[str, str, str]]:
     """One flag per setting the registered metrics and executors declare; returns argparse dest →
     (kind, owner, setting)."""
     dests = {}
     for kind, registry in (("metric", registries.metrics), ("executor", registries.executors)):
+        if kind not in kinds:
+            continue
         for entry in registry.entries():
             for setting in entry.item.settings:
                 dest = f"setting:{kind}:{entry.name}:{setting.name}"
@@ -90,9 +92,15 @@ def add_setting_flags(parser: argparse.ArgumentParser, registries: Registries) -
 def build_parser(registries: Registries | None = None) -> argparse.ArgumentParser:
     """The command line; with ``registries``, ``run`` also takes every metric's declared settings."""
     parser = OneLineParser(prog="trilemma", description="Benchmark generative models on quality, speed and coverage.")
+    from trilemma import __version__
+
+    parser.add_argument("--version", action="version", version=f"trilemma {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
-    sub.add_parser("list", help="models, metrics and datasets, with the plugin that provides each")
+    listing = sub.add_parser("list", help="models, metrics and datasets, with the plugin that provides each")
+    listing.add_argument("--check", action="store_true",
+                         help="also build each model at its smoke config and count every sampler's NFE both ways "
+                              "(hooks and FLOPs): slow")
 
     run = sub.add_parser("run", help="train and evaluate models")
     run.add_argument("models", nargs="*", help="model names (see `trilemma list`)")
@@ -110,7 +118,14 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
     run.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     run.add_argument("--dataset", default="mnist", help="dataset name (default mnist)")
     run.add_argument("--data-dir", type=Path, help="where MNIST lives (default ~/.cache/trilemma)")
-    run.add_argument("--resume", action="store_true", help="skip (model, seed) pairs already finished in --out")
+    run.add_argument("--sampler", action="append", default=[], metavar="[MODEL/]METHOD[:K=V,...]", dest="samplers",
+                     help="evaluate this sampler instead of the preset's, e.g. ddim:steps=20,eta=1 or "
+                          "ddpm/heun:steps=5 (unprefixed: every model that has the method); repeatable")
+    run.add_argument("--resume", action="store_true",
+                     help="skip cells already finished in --out under the same identity (model, config, budget, "
+                          "dataset, plugin version, precision); a changed one is refused")
+    run.add_argument("--retrain-changed", action="store_true",
+                     help="with --resume: train cells recorded under another identity again and replace their rows")
     run.add_argument("--images", type=whole_number(1), help="train every model on this many images instead")
     run.add_argument("--steps", type=whole_number(1), help="train every model for this many steps instead")
     run.add_argument("--train-seconds", type=positive_seconds,
@@ -122,6 +137,21 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     run.set_defaults(setting_dests=add_setting_flags(run, registries) if registries is not None else {})
+
+    evaluate = sub.add_parser("eval", help="evaluate a run's trained checkpoints with other samplers or metrics, "
+                                           "without training; adds or replaces those rows")
+    evaluate.add_argument("run_dir", type=Path, help="a run directory written by `trilemma run`")
+    evaluate.add_argument("models", nargs="*", help="row models of the run (default: all)")
+    evaluate.add_argument("--sampler", action="append", default=[], metavar="[MODEL/]METHOD[:K=V,...]",
+                          dest="samplers", help="sampler spec, e.g. ddim:steps=5 (default: each model's preset samplers)")
+    evaluate.add_argument("--seed", type=whole_number(0, MAX_SEED), action="append", dest="seed_list", metavar="N",
+                          help="only this seed's cells; repeatable (default: every seed with rows)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    evaluate.add_argument("--data-dir", type=Path, help="where MNIST lives (default ~/.cache/trilemma)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    evaluate.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
+    evaluate.set_defaults(setting_dests=add_setting_flags(evaluate, registries, kinds=("metric",))
+                          if registries is not None else {})
 
     report = sub.add_parser("report", help="render report.md / report.html for run directories")
     report.add_argument("runs", nargs="+", type=Path, help="run directories; several are pooled (seeds aggregated)")
@@ -141,12 +171,20 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
     return parser
 
 
-def cmd_list(registries: Registries) -> int:
+def cmd_list(registries: Registries, check: bool = False) -> int:
     from trilemma.nfe import check_model_samplers
 
-    print("models (samplers at the smoke config: NFE counted by hooks / implied by FLOPs, GFLOP per sample):")
+    print("models (samplers at the smoke config: NFE counted by hooks / implied by FLOPs, GFLOP per sample):"
+          if check else "models (with their smoke samplers; `trilemma list --check` counts their NFE):")
     for entry in registries.models.entries():
         print(f"  {entry.name:<22} {entry.provider}")
+        if not check:
+            try:
+                shown = ", ".join(str(spec) for spec in entry.item.sampler_specs("smoke"))
+            except Exception as exc:
+                shown = f"cannot list: {type(exc).__name__}: {exc}"
+            print(f"      samplers: {shown}")
+            continue
         try:
             checks = check_model_samplers(entry.item)
         except KeyboardInterrupt:
@@ -188,6 +226,57 @@ def given_settings(args: argparse.Namespace, kind: str) -> dict[str, dict[str, o
     return given
 
 
+def parse_samplers(items: Sequence[str]) -> dict[str, list[str]]:
+    """``[MODEL/]SPEC`` items → ``{model or "": [spec, ...]}``."""
+    found: dict[str, list[str]] = {}
+    for item in items:
+        model, slash, spec = item.partition("/")
+        if not slash:
+            model, spec = "", item
+        if slash and not model.strip():
+            raise TrilemmaError(f"malformed --sampler {item!r}; expected [MODEL/]METHOD[:KEY=VALUE,...]")
+        found.setdefault(model.strip(), []).append(spec.strip())
+    return found
+
+
+def finish_run(out: Path, run_call: Callable[[], int]) -> int:
+    """Run, render the report and print the summary; the exit code says whether any row failed."""
+    try:
+        failed = run_call()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished rows are in {out / 'results.csv'}; add --resume to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    from trilemma.report import print_summary, render_run
+
+    print(f"report: {render_run(out)} (and report.html)")
+    print_summary(out)
+    if failed:
+        print(f"{failed} row(s) failed; see the error column of {out / 'results.csv'}", file=sys.stderr)
+        return EXIT_FAILED_ROWS
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace, registries: Registries) -> int:
+    from trilemma.plan import RunRequest, plan_eval
+    from trilemma.rundir import RunDirectory
+    from trilemma.runner import run
+
+    directory = RunDirectory(args.run_dir)
+    if not directory.manifest_path.exists():
+        raise TrilemmaError(f"{args.run_dir}: no manifest.json; is it a trilemma run directory?")
+    manifest = directory.read_manifest()
+    recorded: dict[str, set[int]] = {}
+    for row in directory.load_table().rows:
+        recorded.setdefault(str(row["model"]), set()).add(int(row["seed"]))
+    request = RunRequest(models=list(dict.fromkeys(args.models)), seeds=list(dict.fromkeys(args.seed_list or [])),
+                         out_dir=args.run_dir, device=args.device, dataset=manifest.get("dataset", "mnist"),
+                         data_dir=args.data_dir, progress=not args.no_progress, verbose=args.verbose,
+                         metric_settings=given_settings(args, "metric"), samplers=parse_samplers(args.samplers),
+                         command=["trilemma", *args.argv])
+    plan = plan_eval(request, registries, manifest, recorded)
+    return finish_run(args.run_dir, lambda: run(request, registries, plan=plan))
+
+
 def cmd_run(args: argparse.Namespace, registries: Registries) -> int:
     from trilemma.plan import RunRequest
     from trilemma.runner import run
@@ -215,21 +304,12 @@ def cmd_run(args: argparse.Namespace, registries: Registries) -> int:
                          progress=not args.no_progress, verbose=args.verbose, train_steps=args.steps,
                          train_images=args.images, train_seconds=args.train_seconds, precision=args.precision,
                          metric_settings=given_settings(args, "metric"), sweeps=sweeps,
-                         executor_settings=given_settings(args, "executor"),
-                         executor=args.executor, command=["trilemma", *args.argv])
-    try:
-        failed = run(request, registries)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished rows are in {out / 'results.csv'}; add --resume to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    from trilemma.report import print_summary, render_run
-
-    print(f"report: {render_run(out)} (and report.html)")
-    print_summary(out)
-    if failed:
-        print(f"{failed} row(s) failed; see the error column of {out / 'results.csv'}", file=sys.stderr)
-        return EXIT_FAILED_ROWS
-    return EXIT_OK
+                         executor_settings=given_settings(args, "executor"), samplers=parse_samplers(args.samplers),
+                         retrain_changed=args.retrain_changed, executor=args.executor,
+                         command=["trilemma", *args.argv])
+    if args.retrain_changed and not args.resume:
+        raise TrilemmaError("--retrain-changed only applies with --resume (without it every cell trains anew)")
+    return finish_run(out, lambda: run(request, registries))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -258,7 +338,7 @@ def cmd_classifier(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     registries = None
-    if argv[:1] in (["run"], ["list"]):
+    if argv[:1] in (["run"], ["list"], ["eval"]):
         from trilemma.plugins import collect
 
         registries = collect()
@@ -269,9 +349,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     try:
         if args.command == "list":
-            return cmd_list(registries)
+            return cmd_list(registries, args.check)
         if args.command == "run":
             return cmd_run(args, registries)
+        if args.command == "eval":
+            return cmd_eval(args, registries)
         if args.command == "report":
             return cmd_report(args)
         return cmd_classifier(args)

@@ -55,7 +55,7 @@ class Column:
 # The harness's own columns: identity first, then cost; metric columns go between the two groups.
 HARNESS_IDENTITY = (
     Column("model", description="registry name of the model"),
-    Column("sampler", description="the model's sampler (one row each)"),
+    Column("sampler", description="the model's sampler (one row each), named after its spec"),
     Column("seed"),
     Column("dataset"),
     Column("status", description="ok, or failed with the error"),
@@ -78,6 +78,9 @@ HARNESS_COST = (
            description="parameters of sampling_networks()"),
     Column("peak_mem_bytes", description="peak CUDA memory in training (NaN on the CPU)"),
     Column("config_hash", description="hash of the resolved config"),
+    Column("identity", description="hash of what the cell was trained as, apart from its seed: model, config, "
+                                   "budget, dataset, plugin and version, precision, time cap"),
+    Column("sampler_spec", description="the sampler's method and parameters, e.g. ddim:steps=20,eta=1"),
 )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from trilemma.errors import TrilemmaError
+from trilemma.presets import PRECISIONS
 
 LIBRARIES = ("torch", "torchvision", "torch-fidelity", "pandas", "numpy", "pluggy", "matplotlib", "trilemma")
 
@@ -27,7 +28,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def fast_bf16(device: torch.device) -> bool:

@@ -14,9 +14,10 @@ from trilemma.data import Split
 from trilemma.datasets import Dataset
 from trilemma.errors import BadSamples
 from trilemma.metrics import EvalContext, Metric
-from trilemma.model import GenerativeModel, Sampler
+from trilemma.model import GenerativeModel
 from trilemma.nfe import check_nfe
 from trilemma.presets import Preset
+from trilemma.samplers import Sampler
 from trilemma.sampling import draw, make_generator
 
 #: Samples in the untimed probe batch on which the FLOP-based NFE is measured.

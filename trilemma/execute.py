@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,14 @@ from trilemma.data import Split
 from trilemma.datasets import Dataset
 from trilemma.environment import configure_device
 from trilemma.evaluate import evaluate_sampler
-from trilemma.model import GenerativeModel, Sampler
+from trilemma.model import GenerativeModel
 from trilemma.plan import Cell
 from trilemma.plugins import Registries
-from trilemma.registry import NAME_PATTERN, check_name
+from trilemma.registry import NAME_PATTERN
 from trilemma.results import FAILED, OK
 from trilemma.rundir import RunDirectory
-from trilemma.train import Budget, TrainResult, train
+from trilemma.samplers import SamplerSpec, bind, specs
+from trilemma.train import Budget, TrainResult, load_trained, train
 
 
 @dataclass(frozen=True)
@@ -95,23 +96,18 @@ def _train_columns(result: TrainResult, budget: Budget, flops_per_step: float, p
             "train_capped": result.capped, "peak_mem_bytes": result.peak_mem_bytes}
 
 
-def _sampler_names(model: GenerativeModel | None) -> list[str]:
+def cell_specs(cell: Cell, model_class: type[GenerativeModel]) -> tuple[SamplerSpec, ...]:
+    """The samplers the plan chose for the cell (a cell made by hand: its model's preset defaults)."""
+    return specs(cell.samplers) if cell.samplers else model_class.sampler_specs(cell.preset.name)
+
+
+def _sampler_names(cell: Cell, model_class: type[GenerativeModel] | None) -> list[str]:
     try:
-        return [name for name in model.samplers() if isinstance(name, str) and NAME_PATTERN.match(name)] or ["-"]
+        names = [spec.name for spec in (specs(cell.samplers) if cell.samplers or model_class is None
+                                        else model_class.sampler_specs(cell.preset.name))]
+        return [name for name in names if NAME_PATTERN.match(name)] or ["-"]
     except Exception:
         return ["-"]
-
-
-def samplers_of(model: GenerativeModel) -> dict[str, Sampler]:
-    """The model's named samplers, their names checked like registry names (they become file names)."""
-    found = model.samplers()
-    if not isinstance(found, Mapping) or not found:
-        raise TypeError(f"samplers() must return a non-empty dict of name → sampler, got {type(found).__name__}")
-    for name, sampler in found.items():
-        check_name(name, "sampler", model.name)
-        if not callable(sampler):
-            raise TypeError(f"sampler {name!r} is not callable")
-    return dict(found)
 
 
 def run_cell_in_worker(cell: Cell, settings: ExecutionSettings, environment: dict[str, str]) -> CellOutcome:
@@ -147,8 +143,8 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
             log("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
     base: dict[str, Any] = {"model": cell.row_model, "seed": cell.seed, "dataset": cell.dataset,
-                            "config_hash": cell.config_hash}
-    model: GenerativeModel | None = None
+                            "config_hash": cell.config_hash, "identity": cell.identity_hash}
+    model_class: type[GenerativeModel] | None = None
     try:
         model_class = registries.models[cell.model]
         torch.manual_seed(cell.seed)
@@ -156,14 +152,18 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
         base["params"] = count_parameters(model)
         base["sampling_params"] = sum(count_parameters(net) for net in model.sampling_networks())
         budget = Budget(preset.steps, preset.train_seconds, preset.batch_size, preset.checkpoint_every, cell.precision)
-        cap = f", capped at {preset.train_seconds:g} s" if preset.train_seconds is not None else ""
-        log(f"{cell.label}: training on {preset.work}{cap}, {cell.precision}, {base['params']:,} parameters")
         # A checkpoint here belongs to this cell (the driver cleared stale ones before a fresh run), so a
         # cell an executor retries after its worker died continues from it.
         checkpoint = run_dir.checkpoint(cell.row_model, cell.seed)
         images = training_images(dataset, settings.data_dir, device)
-        result = train(model, images, budget, seed=cell.seed, checkpoint=checkpoint, progress=settings.progress,
-                       desc=cell.label, log=log)
+        if cell.evaluate_only:
+            log(f"{cell.label}: evaluating its finished checkpoint ({checkpoint.name}), no training")
+            result = load_trained(model, checkpoint, budget, cell.identity)
+        else:
+            cap = f", capped at {preset.train_seconds:g} s" if preset.train_seconds is not None else ""
+            log(f"{cell.label}: training on {preset.work}{cap}, {cell.precision}, {base['params']:,} parameters")
+            result = train(model, images, budget, seed=cell.seed, checkpoint=checkpoint, progress=settings.progress,
+                           desc=cell.label, log=log, identity=cell.identity)
         try:
             flops = training_flops_per_step(model, images, budget.batch_size, budget.precision, seed=cell.seed)
         except Exception as exc:  # the cost columns are a measurement of their own; the row stands
@@ -171,19 +171,20 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
             flops = math.nan
         base.update(_train_columns(result, budget, flops,
                                    device_peak_gflops(device, budget.precision, settings.cache_dir)))
-        samplers = samplers_of(model)
+        samplers = bind(model, cell_specs(cell, model_class))
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # a plugin's fault, SystemExit included, stays in its own rows
         log(f"{cell.label}: FAILED in training: {type(exc).__name__}: {exc}")
         log_traceback(exc)
-        return CellOutcome(cell, [failure_row({**base, "sampler": name}, exc) for name in _sampler_names(model)])
+        return CellOutcome(cell, [failure_row({**base, "sampler": name}, exc)
+                                  for name in _sampler_names(cell, model_class)])
 
     metrics = {entry.name: entry.item for entry in registries.metrics.in_order()}  # built-ins first
     data = load_data(dataset, settings.data_dir)
     rows, protocols = [], {}
-    for sampler_name, sampler in samplers.items():
-        row = {**base, "sampler": sampler_name}
+    for sampler_name, (spec, sampler) in samplers.items():
+        row = {**base, "sampler": sampler_name, "sampler_spec": str(spec)}
         try:
             evaluation = evaluate_sampler(
                 model, cell.row_model, sampler_name, sampler, metrics=metrics, metric_settings=settings.metric_settings,

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import pluggy
 
 PROJECT = "trilemma"
+#: Environment variable: a comma-separated allowlist of the entry points to load (empty: none).
+ALLOWLIST_ENV = "TRILEMMA_LOAD_PLUGINS"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from trilemma.errors import TrilemmaError
+from trilemma.samplers import SamplerSpec, specs
+from trilemma.values import coerce
 
-Sampler = Callable[[int, torch.Generator | None], torch.Tensor]
 LikelihoodKind = Literal["exact", "elbo", "vlb"]
 
 
@@ -67,62 +67,18 @@ class ModelConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Convert ``value`` (possibly a string) to ``annotation``: bool, int, float, str, a tuple of
-    those, ``Literal[...]``, or ``X | None``."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            if type(None) in args:
-                return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return coerce(value, arg, where)
-            except TrilemmaError as exc:
-                errors.append(str(exc))
-        raise TrilemmaError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin is typing.Literal:
-        for allowed in args:
-            if value == allowed or (isinstance(value, str) and str(allowed) == value):
-                return allowed
-        raise TrilemmaError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
-    if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else list(value)
-        item_type = args[0] if args else str
-        return tuple(coerce(v.strip() if isinstance(v, str) else v, item_type, where) for v in items if v != "")
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise TrilemmaError(f"{where}: expected true/false, got {value!r}")
-    if annotation in (int, float):
-        if isinstance(value, bool):
-            raise TrilemmaError(f"{where}: expected {annotation.__name__}, got {value!r}")
-        if isinstance(value, (int, float)) and (annotation is float or float(value).is_integer()):
-            return annotation(value)
-        if isinstance(value, str):
-            try:
-                return annotation(value)
-            except ValueError:
-                pass
-        raise TrilemmaError(f"{where}: expected {annotation.__name__}, got {value!r}")
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise TrilemmaError(f"{where}: expected str, got {value!r}")
-    return value
-
-
 class GenerativeModel(nn.Module):
     """Base class of every model plugin.
 
     Subclasses set ``name`` and ``Config`` and implement ``configure_optimizers``,
-    ``training_step``, ``sample`` and ``sampling_networks``; they may add named samplers with
-    ``samplers`` and per-preset settings with ``presets``.
+    ``training_step``, ``sample`` and ``sampling_networks``; they may offer sampler methods with
+    ``sampler_methods`` (which ones a run evaluates is chosen at evaluation time: ``samplers``,
+    a preset's ``samplers``, ``--sampler``) and per-preset settings with ``presets``.
     """
+
+    #: Version of this contract: 2 took samplers out of the training config (``sampler_methods``
+    #: and specs chosen at evaluation time replace protocol 1's ``samplers()`` dict).
+    protocol: ClassVar[int] = 2
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[ModelConfig]] = ModelConfig
@@ -133,8 +89,12 @@ class GenerativeModel(nn.Module):
     #: the device is fast at bf16.
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     #: Per preset: ``{"config": {field: value}, "budget": {"train_images": .. (or "train_steps"),
-    #: "batch_size": ..}}``; the command line's ``--set`` overrides these.
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+    #: "batch_size": ..}, "samplers": (spec, ...)}``; ``--set`` overrides the config, ``--sampler``
+    #: the samplers. Checked when the model registers (``declaration_problem``).
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: The samplers evaluated where a preset lists none: specs (``"ddim:steps=20"``,
+    #: ``SamplerSpec``, ``trilemma.samplers.grid(...)``), one report row each.
+    samplers: ClassVar[tuple[Any, ...]] = ("default",)
 
     def __init__(self, config: ModelConfig | None = None, channels: int = 1) -> None:
         super().__init__()
@@ -163,9 +123,47 @@ class GenerativeModel(nn.Module):
         """``n`` images, N×C×28×28 floats in [0, 1], on the model's device."""
         raise NotImplementedError
 
-    def samplers(self) -> dict[str, Sampler]:
-        """Named samplers, each evaluated and reported as its own row."""
+    def sampler_methods(self) -> Mapping[str, Callable[..., torch.Tensor]]:
+        """The ways this model can sample, by method name: ``fn(n, generator, **params)`` with
+        keyword parameters (annotated, so values from the command line are coerced; those without
+        a default must be given). A spec such as ``ddim:steps=20`` picks one and its parameters."""
         return {"default": self.sample}
+
+    @classmethod
+    def sampler_specs(cls, preset: str) -> tuple[SamplerSpec, ...]:
+        """The samplers evaluated under ``preset`` when the user names none."""
+        return specs(cls.presets.get(preset, {}).get("samplers", cls.samplers))
+
+    @classmethod
+    def declaration_problem(cls) -> str | None:
+        """What is wrong with the class's declarations (protocol, presets), checked at registration."""
+        from trilemma.presets import BUDGET_KEYS
+
+        if "samplers" in vars(cls) and callable(vars(cls)["samplers"]):
+            return ("defines samplers() (trilemma model protocol 1); protocol 2 declares sampler_methods() and "
+                    "lists sampler specs in `samplers` or a preset's \"samplers\"")
+        if not isinstance(cls.presets, Mapping):
+            return f"presets must be a dict of preset name → settings, got {type(cls.presets).__name__}"
+        for preset, settings in cls.presets.items():
+            where = f"presets[{preset!r}]"
+            if not isinstance(settings, Mapping):
+                return f"{where} must be a dict, got {type(settings).__name__}"
+            unknown = sorted(set(settings) - {"config", "budget", "samplers"})
+            if unknown:
+                return f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid: 'config', 'budget', 'samplers'"
+            budget = settings.get("budget", {})
+            if not isinstance(budget, Mapping) or set(budget) - set(BUDGET_KEYS):
+                return f"{where}['budget'] may only set {', '.join(BUDGET_KEYS)}, got {budget!r}"
+            try:
+                cls.Config.from_dict(settings.get("config", {}), where=f"{cls.name} {where}")
+                specs(settings.get("samplers", ()))
+            except TrilemmaError as exc:
+                return str(exc)
+        try:
+            specs(cls.samplers)
+        except TrilemmaError as exc:
+            return f"samplers: {exc}"
+        return None
 
     def sampling_networks(self) -> list[nn.Module]:
         """The modules whose forward calls are network function evaluations when sampling.
@@ -191,6 +189,6 @@ class GenerativeModel(nn.Module):
 
 def resolve_config(model_class: type[GenerativeModel], preset: str, overrides: Mapping[str, Any]) -> ModelConfig:
     """The model's defaults, then its preset's ``config``, then command-line overrides."""
-    preset_values = model_class.presets.get(preset, {}).get("config", {})
+    preset_values = model_class.presets.get(preset, {}).get("config", {})  # checked at registration
     base = model_class.Config.from_dict(preset_values, where=f"{model_class.name} preset {preset}")
     return base.replace(overrides, where=model_class.name)

@@ -139,9 +139,11 @@ def check_model_samplers(model_class: type, preset: str = "smoke", channels: int
     """Both NFE counts for every sampler of an untrained ``model_class`` at ``preset``'s config
     (NFE does not depend on training): what ``trilemma list`` shows."""
     from trilemma.model import resolve_config
+    from trilemma.samplers import bind
 
     torch.manual_seed(0)
     model = model_class(resolve_config(model_class, preset, {}), channels=channels or model_class.data_channels[0])
     model.eval()
     generator = torch.Generator().manual_seed(0)
-    return {name: check_nfe(model.sampling_networks(), sampler, n, generator) for name, sampler in model.samplers().items()}
+    return {name: check_nfe(model.sampling_networks(), sampler, n, generator)
+            for name, (_, sampler) in bind(model, model_class.sampler_specs(preset)).items()}

@@ -6,7 +6,9 @@ samplers (a report row each). Cells are plain values, so any executor can take t
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from trilemma.model import ModelConfig, resolve_config
 from trilemma.plugins import Registries
 from trilemma.presets import Preset, get_preset
 from trilemma.registry import Provider
+from trilemma.samplers import SamplerSpec, bind, specs
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class RunRequest:
     train_steps: int | None = None
     train_images: int | None = None
     train_seconds: float | None = None  # a wall-time cap, recorded in the protocol
+    samplers: dict[str, list[str]] = field(default_factory=dict)  # model ("" for every model) → sampler specs
+    retrain_changed: bool = False  # --resume: retrain cells whose identity changed instead of refusing
     precision: str = "auto"
     metric_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweeps: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # model → field → values to try
@@ -62,6 +67,24 @@ class Cell:
     preset: Preset
     precision: str = "fp32"
     variant: str = ""
+    provider: str = ""  # the plugin distribution and version that provides the model
+    samplers: tuple[str, ...] = ()  # the sampler specs to evaluate (evaluation, not identity)
+    evaluate_only: bool = False  # evaluate a finished checkpoint; never train (``trilemma eval``)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What the cell's rows were trained as, apart from the seed: model, variant, config hash,
+        budget (kind and amount), dataset, plugin distribution and version, precision, time cap.
+        Resume, checkpoints and report pooling compare this, never names alone."""
+        budget = ({"kind": "steps", "amount": self.preset.train_steps} if self.preset.train_steps is not None
+                  else {"kind": "images", "amount": self.preset.train_images})
+        return {"model": self.model, "variant": self.variant, "config_hash": self.config_hash,
+                "budget": {**budget, "batch_size": self.preset.batch_size}, "dataset": self.dataset,
+                "plugin": self.provider, "precision": self.precision, "train_seconds_cap": self.preset.train_seconds}
+
+    @property
+    def identity_hash(self) -> str:
+        return identity_hash(self.identity)
 
     @property
     def row_model(self) -> str:
@@ -71,6 +94,10 @@ class Cell:
     @property
     def label(self) -> str:
         return f"{self.row_model} seed {self.seed}"
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -83,6 +110,7 @@ class ModelPlan:
     precision: str
     registry_name: str
     variant: str = ""
+    samplers: tuple[SamplerSpec, ...] = ()
 
 
 @dataclass
@@ -114,8 +142,63 @@ def sweep_variants(sweeps: dict[str, list[str]]) -> list[tuple[str, dict[str, st
             for combo in itertools.product(*sweeps.values())]
 
 
+def check_consistent(request: RunRequest) -> None:
+    """Refuse input that says two things at once, before anything is resolved."""
+    if request.train_steps is not None and request.train_images is not None:
+        raise TrilemmaError("--steps and --images both set the training budget; give one of them")
+    for model, fields in request.sweeps.items():
+        both = sorted(set(fields) & set(request.overrides.get(model, {})))
+        if both:
+            raise TrilemmaError(f"--set and --sweep both set {', '.join(f'{model}.{f}' for f in both)}; "
+                                "give each field one way")
+
+
+def choose_samplers(cls: type, instance: Any, preset: str, model: str, given: dict[str, list[str]]) -> tuple[
+        SamplerSpec, ...]:
+    """The samplers a model is evaluated with: those ``--sampler`` names for it (``MODEL/SPEC``, or an
+    unprefixed spec whose method the model has), else its preset's. With an instance, each spec is
+    checked against the model's methods and made canonical."""
+    prefixed = specs(given.get(model, []))
+    unprefixed = specs(given.get("", []))
+    if instance is None:
+        return (prefixed + unprefixed) or cls.sampler_specs(preset)
+    try:
+        methods = instance.sampler_methods()
+        unprefixed = tuple(spec for spec in unprefixed if spec.method in methods)
+    except Exception:  # the plugin's fault: its cell fails in execution and is recorded
+        return (prefixed + unprefixed) or cls.sampler_specs(preset)
+    if prefixed or unprefixed:  # the user's choice: a bad spec is refused before any work
+        return tuple(spec for spec, _ in bind(instance, prefixed + unprefixed).values())
+    defaults = cls.sampler_specs(preset)
+    try:
+        return tuple(spec for spec, _ in bind(instance, defaults).values())
+    except Exception:  # the plugin's own specs: its rows fail with the reason, the run goes on
+        return defaults
+
+
+def _instance(cls: type, config: ModelConfig, channels: int) -> Any:
+    """The model built on the CPU to check its samplers; None where the plugin cannot build (its
+    cell then fails in execution and is recorded like any other failure)."""
+    try:
+        return cls(config, channels=channels)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # SystemExit included: a plugin's fault is its cell's failure
+        return None
+
+
+def _methods(instance: Any) -> Any:
+    try:
+        return instance.sampler_methods() if instance is not None else None
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        return None
+
+
 def plan_run(request: RunRequest, registries: Registries) -> Plan:
-    """Check the request against the registries and resolve every model's config and budget."""
+    """Check the request against the registries and resolve every model's config, budget and samplers."""
+    check_consistent(request)
     if request.dataset not in registries.datasets:
         raise TrilemmaError(f"unknown dataset {request.dataset!r}; valid: {', '.join(registries.datasets.names())}")
     dataset: Dataset = registries.datasets[request.dataset]
@@ -124,7 +207,8 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
     if unknown:
         valid = ", ".join(registries.models.names()) or "none installed"
         raise TrilemmaError(f"unknown model(s) {', '.join(unknown)}; valid: {valid}")
-    for flag, given in (("--set", request.overrides), ("--sweep", request.sweeps)):
+    for flag, given in (("--set", request.overrides), ("--sweep", request.sweeps),
+                        ("--sampler", {k: v for k, v in request.samplers.items() if k})):
         stray = sorted(set(given) - set(request.models))
         if stray:
             raise TrilemmaError(f"{flag} names model(s) not in this run: {', '.join(stray)}; "
@@ -134,6 +218,8 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
     base = get_preset(request.preset, device.type)
     precision = resolve_precision(request.precision, device)
     models = {}
+    unmatched = {spec.method for spec in specs(request.samplers.get("", []))}
+    all_built = True
     for name in request.models:
         cls = registries.models[name]
         if dataset.channels not in cls.data_channels:
@@ -156,9 +242,88 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
             preset = preset.capped(request.train_seconds)
         model_precision = precision if precision in cls.precisions else "fp32"
         for label, config in configs:
+            instance = _instance(cls, config, dataset.channels)
+            methods = _methods(instance)
+            unmatched -= set(methods or ())
+            all_built = all_built and methods is not None
+            samplers = choose_samplers(cls, instance, base.name, name, request.samplers)
             row_model = f"{name}[{label}]" if label else name
-            models[row_model] = ModelPlan(config, preset, registries.models.provider(name), model_precision, name, label)
+            models[row_model] = ModelPlan(config, preset, registries.models.provider(name), model_precision, name, label,
+                                          samplers)
+    if unmatched and all_built:
+        raise TrilemmaError(f"--sampler: no model in this run has the method(s) {', '.join(sorted(unmatched))}")
     cells = [Cell(plan.registry_name, dataset.name, seed, plan.config.to_dict(), plan.config.config_hash(), plan.preset,
-                  plan.precision, plan.variant)
+                  plan.precision, plan.variant, str(plan.provider), tuple(str(s) for s in plan.samplers))
              for seed in request.seeds for plan in models.values()]
     return Plan(dataset, device, base.name, models, cells, precision, request.train_seconds)
+
+
+def plan_eval(request: RunRequest, registries: Registries, manifest: dict[str, Any],
+              recorded_seeds: dict[str, set[int]]) -> Plan:
+    """``trilemma eval``: cells that evaluate the finished checkpoints of a run directory, rebuilt
+    from its manifest (config, budget, precision, plugin), with the samplers asked for (or each
+    model's preset samplers). ``recorded_seeds`` maps each model to the seeds with rows."""
+    check_consistent(request)
+    entries = manifest.get("models") or {}
+    if not entries:
+        raise TrilemmaError(f"{request.out_dir}: its manifest lists no trained models; is it a trilemma run directory?")
+    dataset_name = manifest.get("dataset", "mnist")
+    if dataset_name not in registries.datasets:
+        raise TrilemmaError(f"{request.out_dir} was trained on dataset {dataset_name!r}, which is not installed")
+    dataset: Dataset = registries.datasets[dataset_name]
+    wanted = request.models or list(entries)
+    names = {*entries, *(e.get("registry_name") for e in entries.values())}
+    unknown = [m for m in [*wanted, *(k for k in request.samplers if k)] if m not in names]
+    if unknown:
+        raise TrilemmaError(f"{request.out_dir} has no model(s) {', '.join(unknown)}; it has {', '.join(entries)}")
+    device = resolve_device(request.device)
+    base = get_preset(manifest.get("preset", "quick"), device.type)
+    cap = (manifest.get("training") or {}).get("train_seconds_cap")
+    models: dict[str, ModelPlan] = {}
+    cells: list[Cell] = []
+    unmatched = {spec.method for spec in specs(request.samplers.get("", []))}
+    for row_model, entry in entries.items():
+        name = entry.get("registry_name", row_model)
+        if row_model not in wanted and name not in wanted:
+            continue
+        if name not in registries.models:
+            raise TrilemmaError(f"model {name!r} ({entry.get('distribution')}) of {request.out_dir} is not installed")
+        provider = registries.models.provider(name)
+        if str(provider) != entry.get("distribution"):
+            raise TrilemmaError(f"{row_model} was trained with {entry.get('distribution')} and {provider} is installed; "
+                                "a checkpoint is evaluated by the plugin version that trained it")
+        cls = registries.models[name]
+        config = cls.Config.from_dict(entry.get("config", {}), where=row_model)
+        if config.config_hash() != entry.get("config_hash"):
+            raise TrilemmaError(f"{row_model}: its recorded config no longer hashes to {entry.get('config_hash')} "
+                                f"under {provider} (the Config class changed)")
+        recorded = entry.get("budget", {})
+        budget = ({"train_images": recorded["train_images"]} if recorded.get("train_images") is not None
+                  else {"train_steps": recorded.get("train_steps")})
+        preset = base.with_budget({**budget, "batch_size": recorded.get("batch_size", base.batch_size)},
+                                  where=f"{row_model}: ")
+        if cap is not None:
+            preset = preset.capped(cap)
+        instance = _instance(cls, config, dataset.channels)
+        unmatched -= set(_methods(instance) or ())
+        samplers = choose_samplers(cls, instance, base.name, row_model, request.samplers) \
+            if row_model in request.samplers else choose_samplers(cls, instance, base.name, name, request.samplers)
+        variant = entry.get("variant", "")
+        models[row_model] = ModelPlan(config, preset, provider, entry.get("precision", "fp32"), name, variant, samplers)
+        seeds = sorted(recorded_seeds.get(row_model, set()))
+        if request.seeds:
+            seeds = [s for s in seeds if s in request.seeds]
+        cells += [Cell(name, dataset.name, seed, config.to_dict(), config.config_hash(), preset,
+                       entry.get("precision", "fp32"), variant, str(provider), tuple(str(s) for s in samplers),
+                       evaluate_only=True) for seed in seeds]
+    if unmatched:
+        raise TrilemmaError(f"--sampler: no model evaluated here has the method(s) {', '.join(sorted(unmatched))}")
+    from trilemma.rundir import RunDirectory
+
+    untrained = [cell.label for cell in cells if not RunDirectory(request.out_dir).checkpoint(cell.row_model, cell.seed).exists()]
+    if untrained:
+        raise TrilemmaError(f"{request.out_dir}: no checkpoint of {', '.join(untrained)} (removed, or the run never "
+                            "finished it); `trilemma run ... --resume --out` it first, or leave it out of eval")
+    if not cells:
+        raise TrilemmaError(f"{request.out_dir}: no recorded rows of {', '.join(wanted)} for seeds {request.seeds}")
+    return Plan(dataset, device, base.name, models, cells, manifest.get("training", {}).get("precision", "fp32"), cap)

@@ -23,10 +23,10 @@ import pluggy
 
 from trilemma import hookspecs
 from trilemma.columns import HARNESS_COST, HARNESS_IDENTITY, Column
+from trilemma.hookspecs import ALLOWLIST_ENV
 from trilemma.registry import Conflict, Entry, Provider, Registry
 
 ENTRY_POINT_GROUP = "trilemma"
-ALLOWLIST_ENV = "TRILEMMA_LOAD_PLUGINS"
 BUILTIN_MODULES = (
     "trilemma.datasets",
     "trilemma.metrics.fidelity",
@@ -185,7 +185,7 @@ def _column_clash(metric: Any, entries: list[Entry]) -> tuple[Provider, str] | N
 def collect(pm: PluginManager | None = None) -> Registries:
     """Call every plugin's hooks, one plugin at a time, into validating registries."""
     from trilemma.datasets import Dataset
-    from trilemma.executors import Executor
+    from trilemma.executor_api import Executor
     from trilemma.metrics import Metric
     from trilemma.model import GenerativeModel
 
@@ -196,7 +196,7 @@ def collect(pm: PluginManager | None = None) -> Registries:
             return "not a trilemma.GenerativeModel subclass"
         if not item.name:
             return "its class attribute `name` is empty"
-        return None
+        return item.declaration_problem()
 
     def instance_of(cls: type) -> Callable[[Any], str | None]:
         return lambda item: None if isinstance(item, cls) else f"not a {cls.__module__}.{cls.__name__}"

@@ -14,6 +14,8 @@ from typing import Any
 
 from trilemma.errors import TrilemmaError
 
+#: Training precisions the command line takes.
+PRECISIONS = ("auto", "fp32", "bf16")
 #: The keys a model's ``presets[name]["budget"]`` may set.
 BUDGET_KEYS = ("train_images", "train_steps", "batch_size")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from trilemma.execute import CellOutcome, run_cell_in_worker
-from trilemma.executors import Executor, Job, require
+from trilemma.executor_api import Executor, Job, require
 from trilemma.hookspecs import hookimpl
 from trilemma.settings import Setting
 

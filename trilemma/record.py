@@ -60,31 +60,54 @@ class Recorder:
         self.data_source: str | None = None
         self.numerics = numerics or {}
 
-    def finished(self, cell: Cell) -> bool:
-        return self.table.finished(cell.row_model, cell.seed)
-
     def start(self, data_source: str) -> None:
         self.data_source = data_source
         self._update_manifest("running", started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def record(self, outcome: CellOutcome) -> None:
+        """The cell's rows into ``results.csv`` (a trained cell replaces all its rows, an evaluated one
+        those of its samplers), then its model and identity into the manifest."""
         cell = outcome.cell
-        self.table = self.run_dir.update_results(lambda table: table.replace_cell(cell.row_model, cell.seed, outcome.rows),
+        replace = ResultsTable.replace_samplers if cell.evaluate_only else ResultsTable.replace_cell
+        self.table = self.run_dir.update_results(lambda table: replace(table, cell.row_model, cell.seed, outcome.rows),
                                                  self.declared)
-        if outcome.protocols:
-            self._update_manifest("running", metrics=outcome.protocols)
+        self._update_manifest("running", metrics=outcome.protocols, recorded=cell)
 
     def finish(self) -> int:
         """Mark the run finished; returns the number of failed rows in the directory."""
         self._update_manifest("finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         return self.run_dir.load_table().failed_count()
 
-    def _update_manifest(self, status: str, **extra: Any) -> None:
+    def _model_entry(self, name: str) -> dict[str, Any]:
+        model = self.plan.models[name]
+        return {"distribution": str(model.provider), "registry_name": model.registry_name, "variant": model.variant,
+                "config": model.config.to_dict(), "config_hash": model.config.config_hash(),
+                "budget": {"train_images": model.preset.train_images, "train_steps": model.preset.steps,
+                           "batch_size": model.preset.batch_size},
+                "precision": model.precision, "eval_samples": model.preset.eval_samples,
+                "samplers": [str(spec) for spec in model.samplers]}
+
+    def _update_manifest(self, status: str, recorded: Cell | None = None, **extra: Any) -> None:
+        """``models`` describes each model as its recorded rows were trained: a model's entry is
+        written when its rows are (a run that changes a model's config and stops before its first
+        cell finishes leaves the old entry, which still describes the old rows); ``identities``
+        describes every identity a row carries, by its hash."""
         plan = self.plan
         dists = sorted({model.provider.distribution for model in plan.models.values()})
+        recorded_models = {recorded.row_model} if recorded is not None else set()
 
         def change(manifest: dict[str, Any]) -> None:
             metrics = {**manifest.get("metrics", {}), **extra.pop("metrics", {})}
+            models = dict(manifest.get("models", {}))
+            for name in plan.models:
+                if name in recorded_models or name not in models:
+                    entry, before = self._model_entry(name), models.get(name, {})
+                    if before.get("config_hash") == entry["config_hash"]:  # samplers evaluated earlier stay listed
+                        entry["samplers"] = list(dict.fromkeys([*before.get("samplers", []), *entry["samplers"]]))
+                    models[name] = entry
+            identities = dict(manifest.get("identities", {}))
+            if recorded is not None:
+                identities[recorded.identity_hash] = {**recorded.identity, "config": recorded.config}
             manifest.update(extra)
             manifest.update({
                 "status": status,
@@ -96,20 +119,8 @@ class Recorder:
                 "preset": plan.preset,
                 "training": {"budget": "work: training images (or steps), never wall time",
                              "precision": plan.precision, "train_seconds_cap": plan.train_seconds_cap},
-                "models": {
-                    **manifest.get("models", {}),
-                    **{name: {
-                        "distribution": str(model.provider),
-                        "registry_name": model.registry_name,
-                        "variant": model.variant,
-                        "config": model.config.to_dict(),
-                        "config_hash": model.config.config_hash(),
-                        "budget": {"train_images": model.preset.train_images, "train_steps": model.preset.steps,
-                                   "batch_size": model.preset.batch_size},
-                        "precision": model.precision,
-                        "eval_samples": model.preset.eval_samples,
-                    } for name, model in plan.models.items()},
-                },
+                "models": models,
+                "identities": identities,
                 "metrics": metrics,
                 "columns": [column.to_dict() for column in self.declared],
                 "protocol_keys": {entry.name: list(entry.item.protocol_keys)

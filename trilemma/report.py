@@ -60,6 +60,54 @@ def protocol_fields(manifests: Sequence[dict[str, Any]]) -> list[tuple[str, ...]
 
 # --- loading and aggregation ------------------------------------------------------------------
 
+def identity_of(frame: pd.DataFrame) -> pd.Series:
+    """Each row's training identity: the ``identity`` column, or for rows recorded before it the
+    config hash ("" where neither is known)."""
+    identity = frame["identity"].fillna("").astype(str) if "identity" in frame else pd.Series("", index=frame.index)
+    legacy = frame["config_hash"].fillna("").astype(str).map(lambda h: f"config {h}" if h else "") \
+        if "config_hash" in frame else pd.Series("", index=frame.index)
+    return identity.where(identity != "", legacy)
+
+
+def separate_identities(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one (model, sampler) trained as different identities are never pooled: each keeps a
+    model label of its own, ``model [id abc123]``."""
+    identity = identity_of(frame)
+    mixed = identity.groupby([frame["model"], frame["sampler"]]).transform("nunique") > 1
+    if not mixed.any():
+        return frame
+    frame = frame.copy()
+    frame.loc[mixed, "model"] = [f"{m} [id {i.removeprefix('config ')[:6] or '?'}]"
+                                 for m, i in zip(frame.loc[mixed, "model"], identity[mixed], strict=True)]
+    return frame
+
+
+def check_poolable(frame: pd.DataFrame, force: bool) -> pd.DataFrame:
+    """Rows of several runs pool only where they are the same identity: a seed counted twice is
+    refused, and one name trained as different identities is refused (``force``: kept apart)."""
+    identity = identity_of(frame)
+    keyed = frame.assign(_identity=identity)
+    twice = keyed[keyed.duplicated(["model", "sampler", "_identity", "seed"], keep=False)]
+    if len(twice):
+        shown = "; ".join(f"{model}/{sampler} seed {seed} in {', '.join(map(str, group['run']))}"
+                          for (model, sampler, seed), group in twice.groupby(["model", "sampler", "seed"], sort=False))
+        raise TrilemmaError(f"the same rows are in several runs ({shown}); a seed counted twice would narrow the "
+                            "interval for nothing: pool runs of different seeds")
+    mixed = keyed.groupby(["model", "sampler"], sort=False)["_identity"].nunique()
+    mixed = mixed[mixed > 1]
+    if len(mixed) and not force:
+        described = []
+        for model in dict.fromkeys(m for m, _ in mixed.index):
+            rows = keyed[keyed["model"] == model]
+            kinds = rows.groupby("_identity", sort=False)["run"].unique()
+            described.append(f"{model}: " + " vs ".join(f"{ident or 'unknown'} ({', '.join(map(str, runs))})"
+                                                         for ident, runs in kinds.items()))
+        raise TrilemmaError("runs train a model under one name as different identities (config, budget, plugin "
+                            f"version, ...): {'; '.join(described)}; pooling them would average different "
+                            "things. Pool runs of one identity, or add --force to report each identity apart")
+    return separate_identities(frame)
+
+
 def load_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     directory = RunDirectory(run_dir)
     return directory.read_results(), directory.read_manifest()
@@ -290,6 +338,7 @@ def _html(title: str, table: pd.DataFrame, failures: pd.DataFrame, sections: lis
 def render_run(run_dir: Path) -> Path:
     """Write ``report.md``, ``report.html`` and the plots of one run directory."""
     frame, manifest = load_run(run_dir)
+    frame = separate_identities(frame)
     summary = aggregate(frame)
     out = RunDirectory(run_dir)
     figures = render_figures(frame, summary, out, manifest.get("dataset", "mnist"), columns_of([manifest]))
@@ -325,14 +374,16 @@ def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool =
     loaded = [load_run(r) for r in run_dirs]
     manifests = [m for _, m in loaded]
     _check_protocols(run_dirs, manifests, force)
+    if compare and len(run_dirs) != 2:
+        raise TrilemmaError("--compare takes exactly two run directories")
+    if not compare:  # refused before anything is written
+        frame = check_poolable(pd.concat([f.assign(run=str(r)) for (f, _), r in zip(loaded, run_dirs, strict=True)],
+                                         ignore_index=True), force)
     out = RunDirectory(out if out else Path("reports") / time.strftime("combined-%Y%m%d-%H%M%S"))
     out.root.mkdir(parents=True, exist_ok=True)
     if compare:
-        if len(run_dirs) != 2:
-            raise TrilemmaError("--compare takes exactly two run directories")
         path = _render_comparison(run_dirs, loaded, out)
     else:
-        frame = pd.concat([f.assign(run=str(r)) for (f, _), r in zip(loaded, run_dirs, strict=True)], ignore_index=True)
         out.write_results(frame)
         out.write_manifest({"combined_from": [str(r) for r in run_dirs], "runs": manifests})
         summary = aggregate(frame)
@@ -379,4 +430,5 @@ def _render_comparison(run_dirs: Sequence[Path], loaded: list[tuple[pd.DataFrame
 
 def print_summary(run_dir: Path) -> None:
     frame, manifest = load_run(run_dir)
+    frame = separate_identities(frame)
     print(headline_table(aggregate(frame), columns_of([manifest])).to_string(index=False))

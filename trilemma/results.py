@@ -11,8 +11,8 @@ import pandas as pd
 
 from trilemma.columns import HARNESS_COST, HARNESS_IDENTITY, Column, ordered
 
-TEXT_COLUMNS = ("model", "sampler", "dataset", "status", "error", "config_hash", "train_precision", "bpd_kind",
-                "nfe_check")
+TEXT_COLUMNS = ("model", "sampler", "dataset", "status", "error", "config_hash", "identity", "sampler_spec",
+                "train_precision", "bpd_kind", "nfe_check")
 KEY = ["model", "sampler", "seed"]
 OK, FAILED = "ok", "failed"
 #: With no metric declarations at hand (reading a bare CSV), the harness's own columns still lead.
@@ -29,6 +29,10 @@ def rows_frame(rows: list[dict[str, Any]], declared: Sequence[Column] = HARNESS_
     return frame[ordered(frame.columns, declared)]
 
 
+def _text(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
 class ResultsTable:
     """The rows of a run in memory; a cell (model, seed) is replaced as a whole."""
 
@@ -43,10 +47,29 @@ class ResultsTable:
         """Drop the rows of (model, seed) and add ``rows`` in their place."""
         self.rows = [r for r in self.rows if self._cell(r) != (model, seed)] + list(rows)
 
-    def finished(self, model: str, seed: int) -> bool:
-        """True when (model, seed) has rows and all of them succeeded."""
-        rows = [r for r in self.rows if self._cell(r) == (model, seed)]
-        return bool(rows) and all(r["status"] == OK for r in rows)
+    def replace_samplers(self, model: str, seed: int, rows: list[dict[str, Any]]) -> None:
+        """Drop the rows of (model, seed) for the samplers in ``rows`` and add ``rows``: an evaluation
+        of a trained cell keeps the rows of its other samplers."""
+        samplers = {str(r["sampler"]) for r in rows}
+        self.rows = [r for r in self.rows if self._cell(r) != (model, seed) or str(r["sampler"]) not in samplers] \
+            + list(rows)
+
+    def rows_of(self, model: str, seed: int) -> list[dict[str, Any]]:
+        return [r for r in self.rows if self._cell(r) == (model, seed)]
+
+    def recorded_identities(self, model: str, seed: int) -> set[str]:
+        """The identities the rows of (model, seed) were trained as ("" for rows from before identities)."""
+        return {_text(r.get("identity")) for r in self.rows_of(model, seed)}
+
+    def finished(self, model: str, seed: int, identity: str | None = None, samplers: Sequence[str] = ()) -> bool:
+        """True when (model, seed) has rows, all of them succeeded, all were trained as ``identity``
+        (when given) and every sampler in ``samplers`` has its row."""
+        rows = self.rows_of(model, seed)
+        if not rows or any(r["status"] != OK for r in rows):
+            return False
+        if identity is not None and self.recorded_identities(model, seed) != {identity}:
+            return False
+        return set(samplers) <= {str(r["sampler"]) for r in rows}
 
     def failed_count(self) -> int:
         return sum(1 for r in self.rows if r["status"] != OK)

@@ -12,11 +12,13 @@ from trilemma.data import default_data_dir
 from trilemma.environment import configure_device
 from trilemma.errors import TrilemmaError
 from trilemma.execute import CellOutcome, ExecutionSettings, load_data
-from trilemma.executors import Job
+from trilemma.executor_api import Job
 from trilemma.plan import Cell, Plan, RunRequest, plan_run
 from trilemma.plugins import Registries
 from trilemma.record import Recorder
+from trilemma.results import ResultsTable
 from trilemma.rundir import RunDirectory
+from trilemma.samplers import SamplerSpec
 from trilemma.settings import resolve_settings
 
 
@@ -31,9 +33,11 @@ def say_who_provides(plan: Plan, request: RunRequest, registries: Registries, lo
                 f"using {conflict.kept} ({conflict.refused} was refused: {conflict.reason})")
 
 
-def run(request: RunRequest, registries: Registries, log: Callable[[str], None] = print) -> int:
-    """Run the request; returns the number of failed rows in the run directory."""
-    plan = plan_run(request, registries)
+def run(request: RunRequest, registries: Registries, log: Callable[[str], None] = print,
+        plan: Plan | None = None) -> int:
+    """Run the request (its cells as ``plan`` has them, or as ``plan_run`` makes them); returns the
+    number of failed rows in the run directory."""
+    plan = plan or plan_run(request, registries)
     numerics = configure_device(plan.device)
     metrics = registries.metrics.in_order()
     metric_settings = {entry.name: resolve_settings(entry.name, entry.item.settings,
@@ -54,16 +58,12 @@ def run(request: RunRequest, registries: Registries, log: Callable[[str], None] 
             log(f"took over the lock of an earlier run that did not finish (pid {lock.took_over.get('pid')} on "
                 f"{lock.took_over.get('host')}, since {lock.took_over.get('started')})")
         recorder.table = run_dir.load_table()  # what is recorded now, under the lock
+        todo = cells_to_run(plan.cells, recorder.table, request, log)  # refuses a changed identity before any write
         data = load_data(plan.dataset, request.data_dir)  # fails fast, before any training
         recorder.start(next(iter(data.values())).source)
-        todo = []
-        for cell in plan.cells:
-            if request.resume and recorder.finished(cell):
-                log(f"{cell.label}: already finished, skipped (--resume)")
-                continue
-            if not request.resume:  # only --resume continues from an earlier checkpoint
+        for cell in todo:
+            if not request.resume and not cell.evaluate_only:  # only --resume continues from an earlier checkpoint
                 run_dir.checkpoint(cell.row_model, cell.seed).unlink(missing_ok=True)
-            todo.append(cell)
         settings = ExecutionSettings(
             run_dir=run_dir.root, device=str(plan.device), data_dir=request.data_dir,
             cache_dir=Path(request.data_dir or default_data_dir()) / "fidelity-cache", progress=request.progress,
@@ -72,9 +72,46 @@ def run(request: RunRequest, registries: Registries, log: Callable[[str], None] 
         for done, outcome in enumerate(executor.run(Job(todo, settings, registries, log, options)), start=1):
             check_outcome(outcome, pending, request.executor)
             recorder.record(outcome)
-            if request.executor != "local":
-                log(f"{outcome.cell.label}: recorded ({done}/{len(todo)} cells, {outcome.failed} failed rows)")
+            log(f"{outcome.cell.label}: recorded ({done}/{len(todo)} cells, {outcome.failed} failed rows)")
         return recorder.finish()
+
+
+def recorded_state(table: ResultsTable, cell: Cell) -> str:
+    """``"none"`` (no rows of the cell), ``"same"`` (rows trained as this cell's identity) or ``"changed"``."""
+    rows = table.rows_of(cell.row_model, cell.seed)
+    if not rows:
+        return "none"
+    identities = table.recorded_identities(cell.row_model, cell.seed)
+    if identities == {cell.identity_hash}:
+        return "same"
+    if identities == {""} and {str(r.get("config_hash")) for r in rows} == {cell.config_hash}:
+        return "same"  # rows recorded before identities: the config is all they say
+    return "changed"
+
+
+def cells_to_run(cells: list[Cell], table: ResultsTable, request: RunRequest, log: Callable[[str], None]) -> list[Cell]:
+    """The cells this run must execute. Without ``--resume`` every cell runs. With it, a cell whose
+    rows are finished under the same identity (and have every requested sampler) is skipped; a cell
+    recorded under another identity (another config, budget, plugin version, ...) is refused, unless
+    ``--retrain-changed``, so that no row is kept or skipped under a description it was not trained as."""
+    if not request.resume:
+        return list(cells)
+    changed = [cell for cell in cells if recorded_state(table, cell) == "changed"]
+    if changed and not request.retrain_changed:
+        listed = ", ".join(cell.label for cell in changed)
+        raise TrilemmaError(f"--resume: {listed} already has rows in {request.out_dir} trained as something else "
+                            "(another config, budget, dataset, precision or plugin version); run into another --out, "
+                            "or add --retrain-changed to train them again and replace their rows")
+    todo = []
+    for cell in cells:
+        wanted = [SamplerSpec.parse(s).name for s in cell.samplers]
+        if cell not in changed and table.finished(cell.row_model, cell.seed, None, wanted):
+            log(f"{cell.label}: already finished, skipped (--resume)")
+            continue
+        if cell in changed:
+            log(f"{cell.label}: recorded under another identity; training it again (--retrain-changed)")
+        todo.append(cell)
+    return todo
 
 
 def check_outcome(outcome: CellOutcome, pending: dict[tuple[str, int], Cell], executor: str) -> None:

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from trilemma.errors import BadSamples
-from trilemma.model import GenerativeModel, Sampler
+from trilemma.model import GenerativeModel
 from trilemma.nfe import NFECheck, NFECounter
+from trilemma.samplers import Sampler
 
 
 def synchronize(device: torch.device) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from trilemma.execute import CellOutcome, run_cell_in_worker
-from trilemma.executors import Executor, Job, require
+from trilemma.executor_api import Executor, Job, require
 from trilemma.hookspecs import hookimpl
 from trilemma.ray_executor import failed_outcome
 from trilemma.settings import Setting

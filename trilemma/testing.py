@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 from trilemma.errors import TrilemmaError
 from trilemma.model import GenerativeModel, ModelConfig
 from trilemma.nfe import check_nfe
+from trilemma.samplers import SamplerSpec, bind, specs
 from trilemma.sampling import draw
 from trilemma.train import Budget, load_checkpoint, save_checkpoint, train
 
@@ -32,11 +33,13 @@ def _fake_data(n: int, channels: int, seed: int = 0) -> torch.Tensor:
 
 def check_model_contract(model_class: type[GenerativeModel], config: Mapping[str, Any] | None = None,
                          *, channels: int | None = None, steps: int = 3, batch_size: int = 8,
-                         expected_nfe: Mapping[str, float] | None = None) -> GenerativeModel:
+                         expected_nfe: Mapping[str, float] | None = None,
+                         samplers: Sequence[str | SamplerSpec] | None = None) -> GenerativeModel:
     """Assert that ``model_class`` keeps the model contract, on the CPU, in seconds.
 
-    Checks: a name and a dataclass ``Config`` that round-trips and rejects unknown fields; a few
-    training steps with finite losses; every sampler returns n×C×28×28 finite floats in [0, 1]
+    Checks: a name and a dataclass ``Config`` that round-trips and rejects unknown fields, presets
+    and sampler specs that register; a few training steps with finite losses; every sampler of
+    ``samplers`` (default: the smoke preset's, else the model's default specs) returns n×C×28×28 finite floats in [0, 1]
     and calls its ``sampling_networks()`` (NFE > 0, or exactly ``expected_nfe[sampler]``), and the
     NFE its forward hooks count agrees with the NFE its FLOPs imply (no network work outside them);
     same seed, same samples; checkpoint save/load restores the samples.
@@ -49,9 +52,9 @@ def check_model_contract(model_class: type[GenerativeModel], config: Mapping[str
     assert type(cfg).from_dict(cfg.to_dict()) == cfg, "config does not round-trip through to_dict/from_dict"
     with pytest.raises(TrilemmaError):
         type(cfg).from_dict({"no_such_field_xyz": 1})
-    for preset, settings in model_class.presets.items():
-        assert set(settings) <= {"config", "budget"}, f"preset {preset}: only 'config' and 'budget' keys"
-        model_class.Config.from_dict(settings.get("config", {}))
+    problem = model_class.declaration_problem()
+    assert problem is None, f"{model_class.name}: {problem}"
+    chosen = specs(samplers) if samplers is not None else model_class.sampler_specs("smoke")
 
     channels = channels or model_class.data_channels[0]
     torch.manual_seed(0)
@@ -70,10 +73,10 @@ def check_model_contract(model_class: type[GenerativeModel], config: Mapping[str
         assert result.steps == steps and result.images_seen == steps * batch_size
         assert result.losses, "training_step must return at least one loss"
 
-        samplers = model.samplers()
-        assert samplers, "samplers() must return at least one sampler"
+        bound = {name: sampler for name, (_, sampler) in bind(model, chosen).items()}
+        assert bound, "no sampler to check: give sampler specs"
         first = {}
-        for name, sampler in samplers.items():
+        for name, sampler in bound.items():
             # The harness's own sampling path: validation, no-grad, NFE counted by hooks.
             drawn = draw(model, sampler, 5, batch_size=5, seed=1, where=f"sampler {name!r}")
             assert drawn.nfe_per_sample > 0, f"sampler {name!r} never called its sampling_networks()"
@@ -93,7 +96,7 @@ def check_model_contract(model_class: type[GenerativeModel], config: Mapping[str
         clone = model_class(cfg, channels=channels)
         clone.optimizers = clone.configure_optimizers()
         load_checkpoint(ckpt, clone)
-        for name, sampler in clone.samplers().items():
+        for name, (_, sampler) in bind(clone, chosen).items():
             images = draw(clone, sampler, 5, batch_size=5, seed=1, where=f"sampler {name!r}").images
             assert torch.allclose(images, first[name], atol=1e-5), f"sampler {name!r} differs after checkpoint load"
     return model

@@ -63,11 +63,15 @@ def _as_floats(losses: Any, step: int) -> dict[str, float]:
     return values
 
 
-def checkpoint_identity(model: GenerativeModel, budget: Budget) -> dict[str, Any]:
-    """What a checkpoint must have been trained under to be continued: the config and the budget
-    (the wall-time cap aside, which only says when to stop)."""
-    return {"config": model.config.to_dict(), "steps": budget.steps, "batch_size": budget.batch_size,
-            "precision": budget.precision}
+def checkpoint_identity(model: GenerativeModel, budget: Budget, cell: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a checkpoint must have been trained under to be continued or evaluated: the config, the
+    budget (the wall-time cap aside, which only says when to stop) and the cell's identity
+    (dataset, plugin version, ...) when the harness gives one."""
+    identity = {"config": model.config.to_dict(), "steps": budget.steps, "batch_size": budget.batch_size,
+                "precision": budget.precision}
+    if cell is not None:
+        identity["cell"] = {k: v for k, v in cell.items() if k != "train_seconds_cap"}
+    return identity
 
 
 def rng_state(data_generator: torch.Generator, order: torch.Tensor) -> dict[str, Any]:
@@ -106,7 +110,8 @@ def load_checkpoint(path: Path, model: GenerativeModel, identity: dict[str, Any]
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc)[:120]})") from exc
     if identity is not None and _jsonish(recorded) != _jsonish(identity):
-        raise CheckpointError(f"checkpoint {path} was made under another config or budget")
+        raise CheckpointError(f"checkpoint {path} was made under another identity (config, budget, dataset or "
+                              "plugin version)")
     try:
         model.load_state_dict(state["model"])
         for name, opt_state in state["optimizers"].items():
@@ -126,22 +131,39 @@ def _jsonish(value: Any) -> Any:
     return value
 
 
+def load_trained(model: GenerativeModel, checkpoint: Path, budget: Budget,
+                 cell: dict[str, Any] | None = None) -> TrainResult:
+    """Load a finished checkpoint of exactly this identity for evaluation; never trains. Raises
+    ``CheckpointError`` for a missing, unfinished, damaged or foreign one, saying which."""
+    if not checkpoint.exists():
+        raise CheckpointError(f"no checkpoint {checkpoint.name}: the cell was never trained here (or its checkpoint "
+                              "was removed); run it with `trilemma run ... --resume`")
+    if not model.optimizers:
+        model.optimizers = model.configure_optimizers()
+    state = load_checkpoint(checkpoint, model, checkpoint_identity(model, budget, cell))
+    if not state["done"]:
+        raise CheckpointError(f"checkpoint {checkpoint.name} is unfinished (step {state['step']} of {budget.steps}); "
+                              "finish training with `trilemma run ... --resume` first")
+    return TrainResult(state["step"], state["seconds"], state["step"] * budget.batch_size,
+                       resumed_from_step=state["step"], capped=state["step"] < budget.steps)
+
+
 def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed: int,
           checkpoint: Path | None = None, progress: bool = True, desc: str = "train",
-          log: Callable[[str], None] = print) -> TrainResult:
+          log: Callable[[str], None] = print, identity: dict[str, Any] | None = None) -> TrainResult:
     """Train ``model`` on ``images`` (N×C×28×28 uint8, already on the model's device).
 
     Batches are drawn by indexing a seeded permutation on the device; each epoch reshuffles. If
-    ``checkpoint`` exists and was made under the same config and budget it is resumed (a finished
-    one is loaded and returned as is); a damaged or foreign one is moved aside, said so, and
-    training starts over.
+    ``checkpoint`` exists and was made under the same config, budget and cell ``identity`` it is
+    resumed (a finished one is loaded and returned as is); a damaged or foreign one is moved aside,
+    said so, and training starts over.
     """
     from tqdm.auto import tqdm
 
     device = model.device
     if not model.optimizers:
         model.optimizers = model.configure_optimizers()
-    identity = checkpoint_identity(model, budget)
+    identity = checkpoint_identity(model, budget, identity)
     generator = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)
     n = images.shape[0]

@@ -138,8 +138,6 @@ class CLDConfig(UNetConfig, trilemma.ModelConfig):
     t_min: float = 1e-3  # training times t ~ U[t_min, 1]; samplers stop there
     lr: float = 2e-4
     ema_decay: float = 0.999
-    sscs_steps: tuple[int, ...] = (100, 50, 20)
-    em_steps: tuple[int, ...] = (100, 50)
 
 
 class CLD(trilemma.GenerativeModel):
@@ -149,13 +147,14 @@ class CLD(trilemma.GenerativeModel):
     Config = CLDConfig
     data_channels = (1, 3)
     precisions = ("fp32", "bf16")
+    samplers = (*trilemma.grid("sscs", steps=(100, 50, 20)), *trilemma.grid("em", steps=(100, 50)))
     presets = {
-        "smoke": {"config": {**SMOKE_UNET, "sscs_steps": (6,), "em_steps": (6,)}},
+        "smoke": {"config": SMOKE_UNET, "samplers": ("sscs:steps=6", "em:steps=6")},
         # The DDPM quick preset's U-Net (with twice the input channels) and optimiser. On the quick
         # checkpoint SSCS gave FID 135 at 20 steps (one class), 41 at 50, 28 at 100 (10 classes).
-        "quick": {"config": {**QUICK_UNET, "lr": 5e-4, "ema_decay": 0.995, "sscs_steps": (100, 50, 20),
-                             "em_steps": (50,)},
-                  "budget": {"train_images": 96_000, "batch_size": 64}},
+        "quick": {"config": {**QUICK_UNET, "lr": 5e-4, "ema_decay": 0.995},
+                  "budget": {"train_images": 96_000, "batch_size": 64},
+                  "samplers": (*trilemma.grid("sscs", steps=(100, 50, 20)), "em:steps=50")},
         "standard": {"budget": {"train_images": 2_560_000, "batch_size": 128}},
     }
 
@@ -191,7 +190,7 @@ class CLD(trilemma.GenerativeModel):
         lvv = float(self.process.cholesky(t)[2])
         return -self.ema(torch.cat([x, v], dim=1), torch.full((len(x),), 1000 * t, device=x.device)) / lvv
 
-    def generate(self, n: int, generator: torch.Generator | None = None, *, steps: int = 50,
+    def generate(self, n: int, generator: torch.Generator | None = None, *, steps: int,
                  method: str = "sscs") -> torch.Tensor:
         """From the equilibrium N(0, diag(1, M)) at t = 1 down to t_min; the image is x."""
         shape = (n, self.channels, 28, 28)
@@ -202,15 +201,10 @@ class CLD(trilemma.GenerativeModel):
         return ((x + 1) / 2).clamp(0, 1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.generate(n, generator, steps=self.config.sscs_steps[0])
+        return self.generate(n, generator, steps=100)
 
-    def samplers(self) -> dict[str, trilemma.Sampler]:
-        found: dict[str, trilemma.Sampler] = {}
-        for steps in self.config.sscs_steps:
-            found[f"sscs-{steps}"] = partial(self.generate, steps=steps, method="sscs")
-        for steps in self.config.em_steps:
-            found[f"em-{steps}"] = partial(self.generate, steps=steps, method="em")
-        return found
+    def sampler_methods(self) -> dict[str, Callable[..., torch.Tensor]]:
+        return {method: partial(self.generate, method=method) for method in ("sscs", "em")}
 
     def sampling_networks(self) -> list[nn.Module]:
         return [self.ema]

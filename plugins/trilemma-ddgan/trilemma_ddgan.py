@@ -17,6 +17,7 @@ VP-SDE (β_min = 0.1, β_max = 20) at t = k/T (paper, Appendix C).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -102,6 +103,7 @@ class DDGAN(trilemma.GenerativeModel):
     Config = DDGANConfig
     data_channels = (1, 3)
     precisions = ("fp32", "bf16")
+    samplers = ("ddgan",)
     presets = {
         "smoke": {"config": {"base_channels": 8, "disc_width": 8, "latent_dim": 8}},
         # A light generator (8/16/32 channels at 28/14/7 pixels). Batch 64: with bf16 autocast a 2-core
@@ -184,8 +186,17 @@ class DDGAN(trilemma.GenerativeModel):
             x = self.denoise_step(self.ema, x, t, generator)
         return ((x + 1) / 2).clamp(0, 1)
 
-    def samplers(self) -> dict[str, trilemma.model.Sampler]:
-        return {f"ddgan-{self.config.timesteps}": self.sample}
+    def sampler_methods(self) -> dict[str, Callable[..., torch.Tensor]]:
+        T = self.config.timesteps
+
+        def ddgan(n: int, generator: torch.Generator | None, *, steps: int = T) -> torch.Tensor:
+            """The generator's T denoising steps (row ``ddgan-T``): it was trained for exactly these."""
+            if steps != T:
+                raise ValueError(f"this DDGAN was trained for T = {T} denoising steps and samples with those only; "
+                                 "train another with --set ddgan.timesteps=...")
+            return self.sample(n, generator)
+
+        return {"ddgan": ddgan}
 
     def sampling_networks(self) -> list[nn.Module]:
         return [self.ema]

@@ -8,16 +8,18 @@ sigmoid). With ``self_condition`` (Chen, Zhang & Hinton 2022, "Analog Bits", §3
 also sees its own previous estimate of x_0: during training, half the time, from a first pass
 without gradient; during sampling, from the previous step (no extra evaluation).
 
-Samplers, each a report row, all through the EMA weights (``trilemma_diffusion.samplers``):
-ancestral at T steps (``ddpm-T``), DDIM at k steps for each η (``ddim-k``; ``ddim-k-eta1`` for the
-stochastic η = 1), DPM-Solver++(2M) (``dpmpp2m-k``) and EDM's Heun (``heun-k``, 2k − 1 evaluations).
+Sampler methods, all through the EMA weights (``trilemma_diffusion.samplers``), chosen at
+evaluation time: ``ddpm`` (ancestral, all T steps; row ``ddpm-T``), ``ddim:steps=k,eta=η``
+(``ddim-k``; ``ddim-k-eta1`` for the stochastic η = 1), ``dpmpp2m:steps=k`` (DPM-Solver++(2M)) and
+``heun:steps=k`` (EDM's Heun, 2k − 1 evaluations); each takes ``spacing`` (of the timesteps) and
+``clip`` (x̂_0 to [−1, 1]).
 The model has a likelihood: the variational bound (bits per dimension, kind ``vlb``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Literal
 
 import torch
@@ -42,13 +44,9 @@ class DDPMConfig(UNetConfig, trilemma.ModelConfig):
     min_snr_gamma: float = 5.0
     lr: float = 2e-4
     ema_decay: float = 0.999
-    clip_x0: bool = True  # clip x̂_0 to [−1, 1] when sampling
-    spacing: Literal["leading", "trailing", "linspace"] = "leading"  # of the DDIM, DPM-Solver++ and Heun timesteps
-    ancestral: bool = True  # report the T-step ancestral sampler
-    ddim_steps: tuple[int, ...] = (100, 50, 20, 10)
-    ddim_etas: tuple[float, ...] = (0.0, 1.0)
-    dpm_steps: tuple[int, ...] = (20, 10)
-    heun_steps: tuple[int, ...] = (10,)
+
+
+Spacing = Literal["leading", "trailing", "linspace"]
 
 
 class DDPM(trilemma.GenerativeModel):
@@ -58,13 +56,17 @@ class DDPM(trilemma.GenerativeModel):
     Config = DDPMConfig
     data_channels = (1, 3)
     precisions = ("fp32", "bf16")
+    samplers = ("ddpm", *trilemma.grid("ddim", eta=(0.0, 1.0), steps=(100, 50, 20, 10)),
+                *trilemma.grid("dpmpp2m", steps=(20, 10)), "heun:steps=10")
     presets = {
-        "smoke": {"config": {**SMOKE_UNET, "timesteps": 20, "ddim_steps": (10, 5), "dpm_steps": (5,),
-                             "heun_steps": (3,)}},
+        "smoke": {"config": {**SMOKE_UNET, "timesteps": 20},
+                  "samplers": ("ddpm", *trilemma.grid("ddim", eta=(0.0, 1.0), steps=(10, 5)), "dpmpp2m:steps=5",
+                               "heun:steps=3")},
         # Sized so that training and the samplers fit in about 7 minutes on a 2-core CPU (bf16).
-        "quick": {"config": {**QUICK_UNET, "timesteps": 100, "lr": 5e-4, "ema_decay": 0.995, "ddim_steps": (20,),
-                             "dpm_steps": (10,), "heun_steps": (5,)},
-                  "budget": {"train_images": 96_000, "batch_size": 64}},  # 1,500 steps
+        "quick": {"config": {**QUICK_UNET, "timesteps": 100, "lr": 5e-4, "ema_decay": 0.995},
+                  "budget": {"train_images": 96_000, "batch_size": 64},  # 1,500 steps
+                  "samplers": ("ddpm", *trilemma.grid("ddim", eta=(0.0, 1.0), steps=20), "dpmpp2m:steps=10",
+                               "heun:steps=5")},
         "standard": {"budget": {"train_images": 2_560_000, "batch_size": 128}},
     }
 
@@ -108,7 +110,7 @@ class DDPM(trilemma.GenerativeModel):
         return {"loss": loss}
 
     # --- sampling ---------------------------------------------------------------------------
-    def predictor(self) -> sampling.Predict:
+    def predictor(self, clip: bool = True) -> sampling.Predict:
         """One EMA network evaluation per call: (x̂_0, ε̂) at timestep t and noise level ᾱ; with
         self-conditioning the network sees the previous call's x̂_0 (zeros at the first)."""
         c = self.config
@@ -117,33 +119,41 @@ class DDPM(trilemma.GenerativeModel):
         def predict(x_t: torch.Tensor, t: float, abar: float) -> tuple[torch.Tensor, torch.Tensor]:
             timestep = torch.full((len(x_t),), t, device=x_t.device)
             output = self.ema(self._input(x_t, previous[-1] if previous else None), timestep)
-            x0, eps = GaussianDiffusion.predicted(x_t, output, abar, c.objective, clip=c.clip_x0)
+            x0, eps = GaussianDiffusion.predicted(x_t, output, abar, c.objective, clip=clip)
             previous[:] = [x0]
             return x0, eps
 
         return predict
 
-    def _run(self, sampler, n: int, generator: torch.Generator | None, **kwargs) -> torch.Tensor:
-        x = sampler(self.diffusion, self.predictor(), (n, self.channels, 28, 28), generator, self.device, **kwargs)
+    def _run(self, sampler, n: int, generator: torch.Generator | None, clip: bool, **kwargs) -> torch.Tensor:
+        x = sampler(self.diffusion, self.predictor(clip), (n, self.channels, 28, 28), generator, self.device, **kwargs)
         return ((x + 1) / 2).clamp(0, 1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self._run(sampling.ancestral, n, generator)
+        return self._run(sampling.ancestral, n, generator, clip=True)
 
-    def samplers(self) -> dict[str, trilemma.Sampler]:
-        c = self.config
-        found: dict[str, trilemma.Sampler] = {}
-        if c.ancestral:
-            found[f"ddpm-{c.timesteps}"] = self.sample
-        for eta in c.ddim_etas:
-            for steps in c.ddim_steps:
-                name = f"ddim-{steps}" if eta == 0 else f"ddim-{steps}-eta{eta:g}"
-                found[name] = partial(self._run, sampling.ddim, steps=steps, eta=eta, spacing=c.spacing)
-        for steps in c.dpm_steps:
-            found[f"dpmpp2m-{steps}"] = partial(self._run, sampling.dpm_solver_pp_2m, steps=steps, spacing=c.spacing)
-        for steps in c.heun_steps:
-            found[f"heun-{steps}"] = partial(self._run, sampling.heun, steps=steps, spacing=c.spacing)
-        return found
+    def sampler_methods(self) -> dict[str, Callable[..., torch.Tensor]]:
+        T = self.config.timesteps
+
+        def ddpm(n: int, generator: torch.Generator | None, *, steps: int = T, clip: bool = True) -> torch.Tensor:
+            if steps != T:
+                raise ValueError(f"ancestral sampling takes all T = {T} steps, not {steps}; "
+                                 "for fewer, use ddim:steps=k,eta=1")
+            return self._run(sampling.ancestral, n, generator, clip=clip)
+
+        def ddim(n: int, generator: torch.Generator | None, *, steps: int, eta: float = 0.0,
+                 spacing: Spacing = "leading", clip: bool = True) -> torch.Tensor:
+            return self._run(sampling.ddim, n, generator, clip, steps=steps, eta=eta, spacing=spacing)
+
+        def dpmpp2m(n: int, generator: torch.Generator | None, *, steps: int, spacing: Spacing = "leading",
+                    clip: bool = True) -> torch.Tensor:
+            return self._run(sampling.dpm_solver_pp_2m, n, generator, clip, steps=steps, spacing=spacing)
+
+        def heun(n: int, generator: torch.Generator | None, *, steps: int, spacing: Spacing = "leading",
+                 clip: bool = True) -> torch.Tensor:
+            return self._run(sampling.heun, n, generator, clip, steps=steps, spacing=spacing)
+
+        return {"ddpm": ddpm, "ddim": ddim, "dpmpp2m": dpmpp2m, "heun": heun}
 
     def sampling_networks(self) -> list[nn.Module]:
         return [self.ema]

@@ -4,14 +4,15 @@
 Noise x_0 ~ N(0, I) at t = 0, data x_1 at t = 1, the straight path x_t = (1 − (1 − σ_min) t) x_0 +
 t x_1 (Lipman et al., eq. 22) and its velocity u_t = x_1 − (1 − σ_min) x_0 (eq. 23). A U-Net
 v_θ(x_t, t) (the timestep embedded as 1000·t) regresses u_t with t ~ U[0, 1] (eq. 21, the
-conditional flow matching loss). Sampling integrates dx/dt = v_θ(x, t) from t = 0 to 1: Euler at k
-steps (k evaluations) and the explicit midpoint rule at k steps (2k evaluations), through the EMA
-weights. The trained vector field is the generator; there is no discriminator and no noise
+conditional flow matching loss). Sampling integrates dx/dt = v_θ(x, t) from t = 0 to 1 through the
+EMA weights: ``euler:steps=k`` (k evaluations) and the explicit midpoint rule ``midpoint:steps=k``
+(2k evaluations). The trained vector field is the generator; there is no discriminator and no noise
 schedule to tune.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -29,8 +30,6 @@ class FlowMatchingConfig(UNetConfig, trilemma.ModelConfig):
     sigma_min: float = 0.0
     lr: float = 2e-4
     ema_decay: float = 0.999
-    euler_steps: tuple[int, ...] = (100, 20, 10, 4, 1)
-    midpoint_steps: tuple[int, ...] = (10, 5)
 
 
 class FlowMatching(trilemma.GenerativeModel):
@@ -40,12 +39,13 @@ class FlowMatching(trilemma.GenerativeModel):
     Config = FlowMatchingConfig
     data_channels = (1, 3)
     precisions = ("fp32", "bf16")
+    samplers = (*trilemma.grid("euler", steps=(100, 20, 10, 4, 1)), *trilemma.grid("midpoint", steps=(10, 5)))
     presets = {
-        "smoke": {"config": {**SMOKE_UNET, "euler_steps": (4, 1), "midpoint_steps": (2,)}},
+        "smoke": {"config": SMOKE_UNET, "samplers": (*trilemma.grid("euler", steps=(4, 1)), "midpoint:steps=2")},
         # The DDPM quick preset's U-Net and optimiser, so the two objectives compare on equal terms.
-        "quick": {"config": {**QUICK_UNET, "lr": 5e-4, "ema_decay": 0.995, "euler_steps": (20, 4, 1),
-                             "midpoint_steps": (5,)},
-                  "budget": {"train_images": 96_000, "batch_size": 64}},
+        "quick": {"config": {**QUICK_UNET, "lr": 5e-4, "ema_decay": 0.995},
+                  "budget": {"train_images": 96_000, "batch_size": 64},
+                  "samplers": (*trilemma.grid("euler", steps=(20, 4, 1)), "midpoint:steps=5")},
         "standard": {"budget": {"train_images": 2_560_000, "batch_size": 128}},
     }
 
@@ -76,7 +76,7 @@ class FlowMatching(trilemma.GenerativeModel):
     def _field(self, x: torch.Tensor, t: float) -> torch.Tensor:
         return self.ema(x, torch.full((len(x),), 1000 * t, device=x.device))
 
-    def integrate(self, n: int, generator: torch.Generator | None = None, *, steps: int = 10,
+    def integrate(self, n: int, generator: torch.Generator | None = None, *, steps: int,
                   method: str = "euler") -> torch.Tensor:
         """Integrate from noise at t = 0 to data at t = 1 in ``steps`` equal steps."""
         x = torch.randn(n, self.channels, 28, 28, generator=generator, device=self.device)
@@ -90,15 +90,10 @@ class FlowMatching(trilemma.GenerativeModel):
         return ((x + 1) / 2).clamp(0, 1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.integrate(n, generator, steps=self.config.euler_steps[0])
+        return self.integrate(n, generator, steps=100)
 
-    def samplers(self) -> dict[str, trilemma.Sampler]:
-        found: dict[str, trilemma.Sampler] = {}
-        for steps in self.config.euler_steps:
-            found[f"euler-{steps}"] = partial(self.integrate, steps=steps, method="euler")
-        for steps in self.config.midpoint_steps:
-            found[f"midpoint-{steps}"] = partial(self.integrate, steps=steps, method="midpoint")
-        return found
+    def sampler_methods(self) -> dict[str, Callable[..., torch.Tensor]]:
+        return {method: partial(self.integrate, method=method) for method in ("euler", "midpoint")}
 
     def sampling_networks(self) -> list[nn.Module]:
         return [self.ema]

@@ -24,6 +24,7 @@ t_i = (i + 1)/T, then one decoder pass: NFE = k + 1, both networks counted by th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -87,8 +88,6 @@ class LSGMConfig(trilemma.ModelConfig):
     lr_score: float = 3e-4
     ema_decay: float = 0.999
     timesteps: int = 1000  # the sampling grid
-    ddim_steps: tuple[int, ...] = (100, 20, 10)
-    dpm_steps: tuple[int, ...] = (10,)
 
 
 class Encoder(nn.Module):
@@ -128,12 +127,14 @@ class LSGM(trilemma.GenerativeModel):
     Config = LSGMConfig
     data_channels = (1, 3)
     precisions = ("fp32", "bf16")
+    samplers = (*trilemma.grid("ddim", steps=(100, 20, 10)), "dpmpp2m:steps=10")
     presets = {
-        "smoke": {"config": {"vae_filters": 8, "score_base": 8, "score_blocks": 1, "ce_warmup_steps": 2, "vae_steps": 2,
-                             "ddim_steps": (4,), "dpm_steps": (3,)}},
+        "smoke": {"config": {"vae_filters": 8, "score_base": 8, "score_blocks": 1, "ce_warmup_steps": 2, "vae_steps": 2},
+                  "samplers": ("ddim:steps=4", "dpmpp2m:steps=3")},
         "quick": {"config": {"vae_filters": 32, "score_base": 32, "score_blocks": 1, "ce_warmup_steps": 500,
-                             "vae_steps": 1000, "ema_decay": 0.995, "ddim_steps": (100, 20, 10), "dpm_steps": (10,)},
-                  "budget": {"train_images": 96_000, "batch_size": 64}},
+                             "vae_steps": 1000, "ema_decay": 0.995},
+                  "budget": {"train_images": 96_000, "batch_size": 64},
+                  "samplers": (*trilemma.grid("ddim", steps=(100, 20, 10)), "dpmpp2m:steps=10")},
         "standard": {"config": {"vae_steps": 10_000, "ce_warmup_steps": 5000},
                      "budget": {"train_images": 2_560_000, "batch_size": 128}},
     }
@@ -208,7 +209,7 @@ class LSGM(trilemma.GenerativeModel):
             return GaussianDiffusion.predicted(z_t, self.ema(z_t, 1000 * time), abar, "eps")
         return predict
 
-    def generate(self, n: int, generator: torch.Generator | None = None, *, steps: int = 20,
+    def generate(self, n: int, generator: torch.Generator | None = None, *, steps: int,
                  solver: str = "ddim") -> torch.Tensor:
         shape = (n, self.config.latent_channels, 7, 7)
         if solver == "ddim":
@@ -218,15 +219,11 @@ class LSGM(trilemma.GenerativeModel):
         return torch.sigmoid(self.decoder(z0))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.generate(n, generator, steps=self.config.ddim_steps[0])
+        return self.generate(n, generator, steps=100)
 
-    def samplers(self) -> dict[str, trilemma.Sampler]:
-        found: dict[str, trilemma.Sampler] = {}
-        for steps in self.config.ddim_steps:
-            found[f"ddim-{steps}"] = partial(self.generate, steps=steps, solver="ddim")
-        for steps in self.config.dpm_steps:
-            found[f"dpmpp2m-{steps}"] = partial(self.generate, steps=steps, solver="dpm")
-        return found
+    def sampler_methods(self) -> dict[str, Callable[..., torch.Tensor]]:
+        """Latent DDIM (η = 0) and DPM-Solver++(2M), then one decoder pass."""
+        return {"ddim": partial(self.generate, solver="ddim"), "dpmpp2m": partial(self.generate, solver="dpm")}
 
     def sampling_networks(self) -> list[nn.Module]:
         return [self.ema, self.decoder]

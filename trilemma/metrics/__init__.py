@@ -16,8 +16,9 @@ import torch
 from trilemma.columns import Column
 from trilemma.data import Split
 from trilemma.datasets import Dataset
-from trilemma.model import GenerativeModel, Sampler
+from trilemma.model import GenerativeModel
 from trilemma.presets import Preset
+from trilemma.samplers import Sampler
 from trilemma.sampling import Samples
 from trilemma.settings import Setting
 

@@ -4,10 +4,12 @@ import pytest
 import torch
 from trilemma_ddpm import DDPM
 
+import trilemma
+from trilemma.samplers import bind, specs
 from trilemma.testing import check_model_contract
 
-SMALL = {"timesteps": 12, "base_channels": 8, "blocks_per_level": 1, "ddim_steps": (6, 3), "ddim_etas": (0.0, 1.0),
-         "dpm_steps": (4,), "heun_steps": (3,)}
+SMALL = {"timesteps": 12, "base_channels": 8, "blocks_per_level": 1}
+SAMPLERS = ["ddpm", *trilemma.grid("ddim", eta=(0.0, 1.0), steps=(6, 3)), "dpmpp2m:steps=4", "heun:steps=3"]
 SMALL_NFE = {"ddpm-12": 12, "ddim-6": 6, "ddim-3": 3, "ddim-6-eta1": 6, "ddim-3-eta1": 3, "dpmpp2m-4": 4, "heun-3": 5}
 
 
@@ -16,19 +18,41 @@ def test_plugin_is_installed():
 
 
 def test_contract_and_harness_counted_nfe_for_every_sampler():
-    model = check_model_contract(DDPM, SMALL, expected_nfe=SMALL_NFE)
-    assert list(model.samplers()) == list(SMALL_NFE)
+    model = check_model_contract(DDPM, SMALL, expected_nfe=SMALL_NFE, samplers=SAMPLERS)
+    assert list(bind(model, specs(SAMPLERS))) == list(SMALL_NFE)
+
+
+def test_sampler_specs_are_checked_and_named_canonically():
+    model = DDPM(DDPM.Config(**SMALL))
+    bound = bind(model, specs(["ddim:steps=3,eta=0", "ddim:steps=3,spacing=trailing", "heun:steps=2,clip=false"]))
+    assert list(bound) == ["ddim-3", "ddim-3-spacingtrailing", "heun-2-clipfalse"]  # defaults dropped
+    with pytest.raises(trilemma.TrilemmaError, match="unknown parameter.*valid|takes"):
+        bind(model, specs(["ddim:steps=3,etta=1"]))
+    with pytest.raises(trilemma.TrilemmaError, match="needs steps"):
+        bind(model, specs(["ddim"]))
+    with pytest.raises(trilemma.TrilemmaError, match="spacing.*not one of"):
+        bind(model, specs(["ddim:steps=3,spacing=sideways"]))
+    with pytest.raises(ValueError, match="all T = 12 steps"):
+        bind(model, specs(["ddpm:steps=5"]))["ddpm-5"][1](1, None)
 
 
 @pytest.mark.parametrize("variant", [
     {"objective": "x0", "schedule": "quadratic"},
     {"objective": "v", "schedule": "sigmoid", "self_condition": True},
     {"objective": "eps", "schedule": "cosine", "loss_weighting": "p2"},
-    {"objective": "v", "loss_weighting": "min_snr", "spacing": "trailing"},
-    {"objective": "x0", "self_condition": True, "loss_weighting": "min_snr", "spacing": "linspace"},
+    {"objective": "v", "loss_weighting": "min_snr"},
+    {"objective": "x0", "self_condition": True, "loss_weighting": "min_snr"},
 ])
 def test_every_variant_keeps_the_contract_with_every_sampler(variant):
-    check_model_contract(DDPM, {**SMALL, **variant}, expected_nfe=SMALL_NFE)
+    check_model_contract(DDPM, {**SMALL, **variant}, expected_nfe=SMALL_NFE, samplers=SAMPLERS)
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "linspace"])
+def test_every_spacing_keeps_the_contract(spacing):
+    chosen = [f"ddim:steps=3,spacing={spacing}", f"dpmpp2m:steps=4,spacing={spacing}", f"heun:steps=3,spacing={spacing}"]
+    check_model_contract(DDPM, {**SMALL, "objective": "v"}, samplers=chosen,
+                         expected_nfe={f"ddim-3-spacing{spacing}": 3, f"dpmpp2m-4-spacing{spacing}": 4,
+                                       f"heun-3-spacing{spacing}": 5})
 
 
 def test_self_conditioning_feeds_the_previous_estimate_at_no_extra_evaluation():
@@ -38,7 +62,7 @@ def test_self_conditioning_feeds_the_previous_estimate_at_no_extra_evaluation():
     seen = []
     model.ema.register_forward_pre_hook(lambda module, args: seen.append(args[0][:, 1:].abs().sum().item()))
     with torch.no_grad():
-        model.samplers()["ddim-3"](2, torch.Generator().manual_seed(0))
+        model.sampler_methods()["ddim"](2, torch.Generator().manual_seed(0), steps=3)
     assert len(seen) == 3 and seen[0] == 0 and seen[1] > 0 and seen[2] > 0  # zeros first, then x̂_0
 
 
