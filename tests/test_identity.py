@@ -101,6 +101,9 @@ def test_resume_refuses_rows_trained_as_something_else_and_the_manifest_keeps_de
     assert main(["run", "tiny", *SMOKE, "--out", str(out)]) == 0
     before, described = rows(out), manifest(out)
     assert described["models"]["tiny"]["config"]["hidden"] == 8
+    from trilemma.seeds import SEED_OFFSETS
+
+    assert described["seed_offsets"] == SEED_OFFSETS  # every random stream's seed, in the protocol
     identity = before["identity"].iloc[0]
     assert described["identities"][identity]["config"]["hidden"] == 8
     capsys.readouterr()

@@ -12,7 +12,6 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 
@@ -20,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trilemma.cache import CACHE
 from trilemma.errors import TrilemmaError
+from trilemma.files import atomic_torch_save, atomic_write_text
 
 WEIGHTS_NAME = "mnist_classifier.pt"
 INFO_NAME = "mnist_classifier.json"
@@ -81,15 +82,17 @@ def classifier_info() -> ClassifierInfo:
     return ClassifierInfo(**json.loads(info_path.read_text()))
 
 
-@lru_cache(maxsize=4)
 def _verified_state(path: str, expected_sha256: str) -> dict[str, torch.Tensor]:
-    actual = file_sha256(Path(path))
-    if actual != expected_sha256:
-        raise TrilemmaError(
-            f"classifier weights {path} have SHA-256 {actual[:12]}…, expected {expected_sha256[:12]}…; "
-            "reinstall trilemma or run `trilemma classifier train`"
-        )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    def load() -> dict[str, torch.Tensor]:
+        actual = file_sha256(Path(path))
+        if actual != expected_sha256:
+            raise TrilemmaError(
+                f"classifier weights {path} have SHA-256 {actual[:12]}…, expected {expected_sha256[:12]}…; "
+                "reinstall trilemma or run `trilemma classifier train`"
+            )
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    return CACHE.get("classifier-weights", (path, expected_sha256), load)
 
 
 def load_classifier(device: torch.device | str = "cpu") -> MnistClassifier:
@@ -173,8 +176,8 @@ def train_and_save(out_dir: Path, data_dir: Path | None = None, *, epochs: int =
     test_acc = accuracy(model, mnist["test"].images, mnist["test"].labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_NAME
-    torch.save(model.state_dict(), weights)
+    atomic_torch_save(weights, model.state_dict())
     info = ClassifierInfo(sha256=file_sha256(weights), test_accuracy=round(test_acc, 5), seed=seed,
                           epochs=epochs, train_seconds=round(seconds, 1))
-    (out_dir / INFO_NAME).write_text(json.dumps(info.__dict__, indent=2) + "\n")
+    atomic_write_text(out_dir / INFO_NAME, json.dumps(info.__dict__, indent=2) + "\n")
     return info

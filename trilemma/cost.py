@@ -14,12 +14,11 @@ from pathlib import Path
 
 import torch
 
+from trilemma.cache import CACHE
 from trilemma.environment import describe_device
 from trilemma.flops import FlopCounter
 from trilemma.model import GenerativeModel
 from trilemma.train import autocast
-
-_PEAKS: dict[str, float] = {}
 
 
 def training_flops_per_step(model: GenerativeModel, images: torch.Tensor, batch_size: int, precision: str,
@@ -72,8 +71,8 @@ def device_peak_gflops(device: torch.device, precision: str, cache_dir: Path | N
     """The device's measured matmul peak in ``precision`` (fp32 uses TF32 on CUDA where enabled),
     cached per device, thread count and torch version under ``cache_dir``."""
     key = f"{describe_device(device)} | torch {torch.__version__} | {precision}"
-    if key in _PEAKS:
-        return _PEAKS[key]
+    if (held := CACHE.peek("device-peaks", key)) is not None:
+        return held
     cache = Path(cache_dir) / "device-peaks.json" if cache_dir is not None else None
     known: dict[str, float] = {}
     if cache is not None and cache.exists():
@@ -84,9 +83,8 @@ def device_peak_gflops(device: torch.device, precision: str, cache_dir: Path | N
     if key not in known:
         known[key] = _measure_peak(device, torch.bfloat16 if precision == "bf16" else torch.float32)
         if cache is not None:
-            from trilemma.rundir import write_json
+            from trilemma.files import atomic_write_json
 
             cache.parent.mkdir(parents=True, exist_ok=True)
-            write_json(cache, known)
-    _PEAKS[key] = known[key]
-    return known[key]
+            atomic_write_json(cache, known)
+    return CACHE.put("device-peaks", key, known[key])

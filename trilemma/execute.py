@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from trilemma.cache import CACHE
 from trilemma.cost import device_peak_gflops, training_flops_per_step
 from trilemma.data import Split
 from trilemma.datasets import Dataset
@@ -58,24 +59,17 @@ class CellOutcome:
         return sum(1 for row in self.rows if row["status"] != OK)
 
 
-_DATA: dict[tuple[str, str], dict[str, Split]] = {}
-_ON_DEVICE: dict[tuple[str, str, str], torch.Tensor] = {}
 
 
 def load_data(dataset: Dataset, data_dir: Path | None) -> dict[str, Split]:
     """The dataset's splits, loaded once per process."""
-    key = (dataset.name, str(data_dir))
-    if key not in _DATA:
-        _DATA[key] = dataset.load(data_dir)
-    return _DATA[key]
+    return CACHE.get("datasets", (dataset.name, str(data_dir)), lambda: dataset.load(data_dir))
 
 
 def training_images(dataset: Dataset, data_dir: Path | None, device: torch.device) -> torch.Tensor:
     """The training split's images on ``device``, moved there once per process."""
-    key = (dataset.name, str(data_dir), str(device))
-    if key not in _ON_DEVICE:
-        _ON_DEVICE[key] = load_data(dataset, data_dir)["train"].images.to(device)
-    return _ON_DEVICE[key]
+    return CACHE.get("training-images", (dataset.name, str(data_dir), str(device)),
+                     lambda: load_data(dataset, data_dir)["train"].images.to(device))
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -14,6 +14,7 @@ from trilemma.plan import Cell, Plan, RunRequest
 from trilemma.plugins import Registries
 from trilemma.results import ResultsTable
 from trilemma.rundir import RunDirectory
+from trilemma.seeds import SEED_OFFSETS
 
 
 def portable_command(command: Sequence[str], run_dir: RunDirectory, path_flags: Iterable[str]) -> str:
@@ -116,6 +117,7 @@ class Recorder:
                 "data_source": self.data_source,
                 "device": {"type": plan.device.type, "name": describe_device(plan.device), **self.numerics},
                 "seeds": sorted({*manifest.get("seeds", []), *self.request.seeds}),
+                "seed_offsets": dict(SEED_OFFSETS),
                 "preset": plan.preset,
                 "training": {"budget": "work: training images (or steps), never wall time",
                              "precision": plan.precision, "train_seconds_cap": plan.train_seconds_cap},

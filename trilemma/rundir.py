@@ -35,6 +35,7 @@ import pandas as pd
 
 from trilemma.columns import Column
 from trilemma.errors import TrilemmaError
+from trilemma.files import atomic_write_json, atomic_write_text
 from trilemma.results import FAILED, HARNESS_COLUMNS, KEY, OK, TEXT_COLUMNS, ResultsTable, rows_frame
 
 try:
@@ -45,38 +46,6 @@ except ImportError:  # pragma: no cover - Windows
 RESULTS_NAME, MANIFEST_NAME, LOCK_NAME = "results.csv", "manifest.json", ".trilemma.lock"
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
 _ROWS_LOCK_NAME = ".results.lock"
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` beside ``path``, flush it to disk, and rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _damaged(path: Path, line: int | None, what: str) -> TrilemmaError:
@@ -306,12 +275,12 @@ class RunDirectory:
         with self._rows_lock():
             manifest = self.read_manifest()
             change(manifest)
-            write_json(self.manifest_path, manifest)
+            atomic_write_json(self.manifest_path, manifest)
         return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        write_json(self.manifest_path, manifest)
+        atomic_write_json(self.manifest_path, manifest)
 
     def write_text(self, path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import time
@@ -14,6 +13,7 @@ from typing import Any
 import torch
 
 from trilemma.errors import TrainingDiverged
+from trilemma.files import atomic_torch_save
 from trilemma.model import GenerativeModel
 
 
@@ -86,8 +86,7 @@ def save_checkpoint(path: Path, model: GenerativeModel, step: int, seconds: floa
                     identity: dict[str, Any] | None = None, rng: dict[str, Any] | None = None) -> None:
     """Atomically write model, optimizers, random state and progress (flushed to disk, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save({
+    atomic_torch_save(path, {
         "model": model.state_dict(),
         "optimizers": {name: opt.state_dict() for name, opt in model.optimizers.items()},
         "step": step,
@@ -95,10 +94,7 @@ def save_checkpoint(path: Path, model: GenerativeModel, step: int, seconds: floa
         "done": done,
         "identity": identity if identity is not None else {"config": model.config.to_dict()},
         "rng": rng or {},
-    }, buffer)
-    from trilemma.rundir import atomic_write_bytes
-
-    atomic_write_bytes(path, buffer.getvalue())
+    })
 
 
 def load_checkpoint(path: Path, model: GenerativeModel, identity: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from trilemma.hookspecs import hookimpl
 from trilemma.metrics import EvalContext, Metric
 from trilemma.metrics.features import classifier_outputs, sample_outputs
 from trilemma.sampling import draw
+from trilemma.seeds import derived_seed
 
 #: A sample whose largest softmax probability is below this counts as low-confidence.
 LOW_CONFIDENCE_THRESHOLD = 0.9
@@ -112,7 +113,8 @@ class CoverageMetric(Metric):
         _, logits = sample_outputs(ctx)
         if len(images) < needed:
             extra = draw(ctx.model, ctx.sampler, needed - len(images), batch_size=ctx.preset.sample_batch_size,
-                         seed=ctx.seed + 7919, where=f"{ctx.model_name}/{ctx.sampler_name} (stacked coverage)")
+                         seed=derived_seed(ctx.seed, "stacked_extra_samples"),
+                         where=f"{ctx.model_name}/{ctx.sampler_name} (stacked coverage)")
             logits = torch.cat([logits, classifier_outputs(extra.images, ctx.device)[1]])
         return stacked_coverage(logits)
 

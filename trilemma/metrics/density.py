@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from trilemma.cache import CACHE
 from trilemma.columns import Column
 from trilemma.hookspecs import hookimpl
 from trilemma.metrics import EvalContext, Metric
@@ -23,7 +24,6 @@ from trilemma.metrics.features import real_outputs, sample_outputs
 from trilemma.metrics.knn import nearest_distances, within_radius_counts
 
 NEIGHBOURS = 5  # the paper's k
-_RADII: dict[tuple[str, int, int], torch.Tensor] = {}
 
 
 def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = NEIGHBOURS,
@@ -50,10 +50,9 @@ class DensityCoverageMetric(Metric):
         fake, _ = sample_outputs(ctx)
         n = min(len(fake), len(ctx.data["test"].images))
         real, _ = real_outputs(ctx.dataset.name, "test", ctx.data["test"], ctx.device, n, ctx.cache_dir)
-        key = (ctx.dataset.name, n, NEIGHBOURS)
-        if key not in _RADII:
-            _RADII[key] = nearest_distances(real, real, k=NEIGHBOURS, exclude_self=True, squared=True)
-        return density_coverage(real, fake, squared_radii=_RADII[key])
+        radii = CACHE.get("density-radii", (ctx.dataset.name, n, NEIGHBOURS, str(real.device)),
+                          lambda: nearest_distances(real, real, k=NEIGHBOURS, exclude_self=True, squared=True))
+        return density_coverage(real, fake, squared_radii=radii)
 
     def protocol(self, ctx: EvalContext) -> dict[str, Any]:
         n = min(ctx.preset.eval_samples, len(ctx.data["test"].images))

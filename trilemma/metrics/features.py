@@ -8,17 +8,15 @@ channel by channel; their features are the channels' features side by side.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import torch
 
+from trilemma.cache import CACHE
 from trilemma.classifier import classifier_info, classify, load_classifier
 from trilemma.data import Split
+from trilemma.files import atomic_torch_save
 from trilemma.metrics import EvalContext
-from trilemma.rundir import atomic_write_bytes
-
-_REAL: dict[tuple[str, str, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def classifier_outputs(images: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,8 +39,9 @@ def real_outputs(dataset: str, split_name: str, split: Split, device: torch.devi
     process, and once per machine with ``cache_dir`` (keyed by the split, n and the classifier's hash)."""
     n = len(split.images) if n is None else min(n, len(split.images))
     key = (dataset, split_name, n, str(device))
-    if key in _REAL:
-        return _REAL[key]
+    held = CACHE.peek("real-features", key)
+    if held is not None:
+        return held
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"trilemma-{dataset}-{split_name}-{n}-classifier-{classifier_info().sha256[:16]}.pt"
@@ -50,14 +49,11 @@ def real_outputs(dataset: str, split_name: str, split: Split, device: torch.devi
             try:
                 features, logits = torch.load(path, weights_only=True)
                 if len(features) == n:
-                    _REAL[key] = features, logits
-                    return _REAL[key]
+                    return CACHE.put("real-features", key, (features, logits))
             except Exception:  # a damaged cache file is recomputed
                 pass
-    _REAL[key] = classifier_outputs(split.images[:n], device)
+    outputs = CACHE.put("real-features", key, classifier_outputs(split.images[:n], device))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(_REAL[key], buffer)
-        atomic_write_bytes(path, buffer.getvalue())
-    return _REAL[key]
+        atomic_torch_save(path, outputs)
+    return outputs

@@ -21,6 +21,7 @@ from trilemma.columns import Column
 from trilemma.hookspecs import hookimpl
 from trilemma.metrics import EvalContext, Metric
 from trilemma.model import LogLikelihood
+from trilemma.seeds import derived_seed
 from trilemma.settings import Setting
 
 BATCH = 250
@@ -61,7 +62,7 @@ class LikelihoodMetric(Metric):
     def _bits_per_dim(self, ctx: EvalContext) -> dict[str, Any]:
         n = self.images(ctx)
         images = ctx.data["test"].images[:n]
-        generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 4242)
+        generator = torch.Generator(device=ctx.device).manual_seed(derived_seed(ctx.seed, "likelihood"))
         nats, kinds = [], set()
         ctx.model.eval()
         with torch.no_grad():

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from trilemma.cache import CACHE
 from trilemma.columns import Column
 from trilemma.hookspecs import hookimpl
 from trilemma.metrics import EvalContext, Metric, ReportSection
@@ -32,7 +33,6 @@ from trilemma.metrics.knn import nearest_distances
 
 HELD_OUT_QUANTILE = 0.05
 COPY_SHARE_FLAG = 0.25  # five times the share a non-copying model shows
-_HELD_OUT: dict[tuple[str, str, int], torch.Tensor] = {}
 
 
 def mann_whitney_z(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -85,10 +85,7 @@ class MemorizationMetric(Metric):
         return real_outputs(ctx.dataset.name, "train", ctx.data["train"], ctx.device, cache_dir=ctx.cache_dir)[0]
 
     def _held_out(self, ctx: EvalContext, space: str, n: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        key = (ctx.dataset.name, space, n)
-        if key not in _HELD_OUT:
-            _HELD_OUT[key] = compute()
-        return _HELD_OUT[key]
+        return CACHE.get("memorization-held-out", (ctx.dataset.name, space, n), compute)
 
     def protocol(self, ctx: EvalContext) -> dict[str, Any]:
         n = min(ctx.preset.eval_samples, len(ctx.data["test"].images))

@@ -18,6 +18,7 @@ from trilemma.hookspecs import hookimpl
 from trilemma.metrics import EvalContext, Metric, ReportSection
 from trilemma.nfe import NFE_TOLERANCE
 from trilemma.sampling import make_generator, synchronize
+from trilemma.seeds import derived_seed
 from trilemma.settings import Setting
 
 
@@ -25,7 +26,7 @@ from trilemma.settings import Setting
 def time_sampler(ctx: EvalContext, batch_size: int, repeats: int) -> tuple[float, float]:
     """Median seconds for one call of the sampler on ``batch_size`` samples after a warm-up call,
     and the seconds of that warm-up (allocations, lazy init, compilation)."""
-    generator = make_generator(ctx.device, ctx.seed + 1)
+    generator = make_generator(ctx.device, derived_seed(ctx.seed, "speed_timing"))
     ctx.model.eval()
     synchronize(ctx.device)
     start = time.perf_counter()

@@ -3,15 +3,19 @@ from importlib.metadata import entry_points
 import torch
 from trilemma_dcgan import DCGAN
 
-from trilemma.testing import check_model_contract
+from trilemma.testing import ModelContract
 
 
 def test_plugin_is_installed():
     assert "dcgan" in {ep.name for ep in entry_points(group="trilemma")}
 
 
-def test_contract_and_one_nfe_per_sample():
-    check_model_contract(DCGAN, {"width": 8, "latent_dim": 8}, expected_nfe={"default": 1})
+class TestDCGANContract(ModelContract):
+    """One generator pass a sample: NFE 1."""
+
+    model_class = DCGAN
+    config = {"width": 8, "latent_dim": 8}
+    expected_nfe = {"default": 1}
 
 
 def test_stacked_mnist_channels_and_two_optimizers():

@@ -6,7 +6,7 @@ from trilemma_ddpm import DDPM
 
 import trilemma
 from trilemma.samplers import bind, specs
-from trilemma.testing import check_model_contract
+from trilemma.testing import ModelContract, check_model_contract
 
 SMALL = {"timesteps": 12, "base_channels": 8, "blocks_per_level": 1}
 SAMPLERS = ["ddpm", *trilemma.grid("ddim", eta=(0.0, 1.0), steps=(6, 3)), "dpmpp2m:steps=4", "heun:steps=3"]
@@ -17,9 +17,16 @@ def test_plugin_is_installed():
     assert "ddpm" in {ep.name for ep in entry_points(group="trilemma")}
 
 
-def test_contract_and_harness_counted_nfe_for_every_sampler():
-    model = check_model_contract(DDPM, SMALL, expected_nfe=SMALL_NFE, samplers=SAMPLERS)
-    assert list(bind(model, specs(SAMPLERS))) == list(SMALL_NFE)
+class TestDDPMContract(ModelContract):
+    """The contract, one test per property and sampler, with the harness-counted NFE of each."""
+
+    model_class = DDPM
+    config = SMALL
+    samplers = SAMPLERS
+    expected_nfe = SMALL_NFE
+
+    def test_rows_are_named_after_their_specs(self, trained):
+        assert list(bind(trained, specs(SAMPLERS))) == list(SMALL_NFE)
 
 
 def test_sampler_specs_are_checked_and_named_canonically():

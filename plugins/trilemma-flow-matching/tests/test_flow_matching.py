@@ -3,7 +3,7 @@ from importlib.metadata import entry_points
 import torch
 from trilemma_flow_matching import FlowMatching
 
-from trilemma.testing import check_model_contract
+from trilemma.testing import ModelContract
 
 SMALL = {"base_channels": 8, "blocks_per_level": 1}
 SAMPLERS = ("euler:steps=4", "euler:steps=1", "midpoint:steps=3")
@@ -13,9 +13,13 @@ def test_plugin_is_installed():
     assert "flow-matching" in {ep.name for ep in entry_points(group="trilemma")}
 
 
-def test_contract_and_nfe_euler_k_midpoint_2k():
-    check_model_contract(FlowMatching, SMALL, expected_nfe={"euler-4": 4, "euler-1": 1, "midpoint-3": 6},
-                         samplers=SAMPLERS)
+class TestFlowMatchingContract(ModelContract):
+    """Euler at k steps is k NFE, the midpoint rule 2k."""
+
+    model_class = FlowMatching
+    config = SMALL
+    samplers = SAMPLERS
+    expected_nfe = {"euler-4": 4, "euler-1": 1, "midpoint-3": 6}
 
 
 def test_the_loss_target_is_the_straight_path_velocity():
