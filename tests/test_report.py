@@ -69,7 +69,7 @@ def test_bootstrap_interval_of_the_mean():
 
 def test_pareto_frontier():
     frame = pd.DataFrame({"nfe": [1, 1, 10, 20, 100, 50], "fid": [60, 30, 35, 8, 5, 9]})
-    assert pareto_frontier(frame)[["nfe", "fid"]].values.tolist() == [[1, 30], [20, 8], [100, 5]]
+    assert pareto_frontier(frame, x="nfe", y="fid")[["nfe", "fid"]].values.tolist() == [[1, 30], [20, 8], [100, 5]]
 
 
 def test_report_has_every_model_failures_and_non_empty_pngs(tmp_path):

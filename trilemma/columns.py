@@ -25,7 +25,9 @@ class Column:
     puts it in the report's headline table and in ``report --compare`` under ``title``, formatted
     with ``fmt``. Every row has every declared column (empty where not computed) unless it is
     ``optional`` or a family. ``axis`` makes it an axis of the report's trilemma chart (the first
-    declared column for each of quality, speed and coverage)."""
+    declared column for each of quality, speed and coverage; ``cost``, the work per sample such as
+    NFE, is the x of the quality-against-cost frontier). ``text`` columns hold words, never numbers
+    (read back as text, empty where missing)."""
 
     name: str
     better: Literal["lower", "higher"] | None = None
@@ -34,7 +36,8 @@ class Column:
     fmt: str = "{:.4g}"
     description: str = ""
     optional: bool = False
-    axis: Literal["quality", "speed", "coverage"] | None = None
+    axis: Literal["quality", "speed", "coverage", "cost"] | None = None
+    text: bool = False
 
     @property
     def is_family(self) -> bool:
@@ -54,12 +57,12 @@ class Column:
 
 # The harness's own columns: identity first, then cost; metric columns go between the two groups.
 HARNESS_IDENTITY = (
-    Column("model", description="registry name of the model"),
-    Column("sampler", description="the model's sampler (one row each), named after its spec"),
+    Column("model", description="registry name of the model", text=True),
+    Column("sampler", description="the model's sampler (one row each), named after its spec", text=True),
     Column("seed"),
-    Column("dataset"),
-    Column("status", description="ok, or failed with the error"),
-    Column("error"),
+    Column("dataset", text=True),
+    Column("status", description="ok, or failed with the error", text=True),
+    Column("error", text=True),
 )
 HARNESS_COST = (
     Column("images_seen", headline=True, title="train images", fmt="{:,.0f}", description="training images processed"),
@@ -71,16 +74,16 @@ HARNESS_COST = (
     Column("peak_gflops", description="the device's measured matmul peak in the training precision, GFLOP/s"),
     Column("utilisation", better="higher", headline=True, title="util.", fmt="{:.0%}",
            description="achieved / peak GFLOP/s in training"),
-    Column("train_precision", description="fp32, or bf16 (autocast) where the model and the device allow"),
+    Column("train_precision", description="fp32, or bf16 (autocast) where the model and the device allow", text=True),
     Column("train_capped", description="True when the user's --train-seconds cap stopped training early"),
     Column("params", headline=True, title="params (all)", fmt="{:,.0f}", description="every parameter of the model"),
     Column("sampling_params", headline=True, title="params (sampling)", fmt="{:,.0f}",
            description="parameters of sampling_networks()"),
     Column("peak_mem_bytes", description="peak CUDA memory in training (NaN on the CPU)"),
-    Column("config_hash", description="hash of the resolved config"),
+    Column("config_hash", description="hash of the resolved config", text=True),
     Column("identity", description="hash of what the cell was trained as, apart from its seed: model, config, "
-                                   "budget, dataset, plugin and version, precision, time cap"),
-    Column("sampler_spec", description="the sampler's method and parameters, e.g. ddim:steps=20,eta=1"),
+                                   "budget, dataset, plugin and version, precision, time cap", text=True),
+    Column("sampler_spec", description="the sampler's method and parameters, e.g. ddim:steps=20,eta=1", text=True),
 )
 
 

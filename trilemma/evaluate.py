@@ -98,18 +98,20 @@ def evaluate_sampler(model: GenerativeModel, model_name: str, sampler_name: str,
             samples.images = images
             if not torch.equal(images, pristine):
                 images.copy_(pristine)
-    log(f"{where} seed {seed}: " + ", ".join(summary(columns)))
+    log(f"{where} seed {seed}: " + ", ".join(summary(columns, metrics)))
     if errors:
         raise MetricsFailed("; ".join(errors), columns, protocols)
     return Evaluation(columns, protocols)
 
 
-def summary(row: Mapping[str, Any]) -> list[str]:
-    """The few columns the console prints after each evaluation."""
+def summary(row: Mapping[str, Any], metrics: Mapping[str, Metric]) -> list[str]:
+    """What the console prints after each evaluation: the metrics' headline columns, as declared."""
     shown = []
-    for key, fmt in (("fid", "{:.2f}"), ("is_mean", "{:.2f}"), ("nfe", "{:g}"), ("ms_per_sample", "{:.3g}"),
-                     ("modes_covered", "{:g}")):
-        value = row.get(key)
+    for column in (c for metric in metrics.values() for c in metric.columns if c.headline and not c.is_family):
+        value = row.get(column.name)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            shown.append(f"{key}={fmt.format(value)}")
+            try:
+                shown.append(f"{column.title or column.name}={column.fmt.format(value)}")
+            except (ValueError, TypeError):
+                shown.append(f"{column.title or column.name}={value}")
     return shown

@@ -1,5 +1,6 @@
-"""The report's figures (matplotlib, Agg): sample-grid panels, class histograms, the trilemma
-chart, and FID against NFE with its Pareto frontier."""
+"""The report's figures (matplotlib, Agg): class histograms, the trilemma chart, and the quality
+axis against the cost axis (FID against NFE) with its Pareto frontier; every column they read is
+given to them by its declaration."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import pandas as pd  # noqa: E402
 from trilemma.columns import Column  # noqa: E402
 
 DPI = 110
+#: The three axes of the trilemma chart (a cost axis, such as NFE, is the frontier's x instead).
+TRILEMMA_AXES = ("quality", "speed", "coverage")
 
 
 def label(row: pd.Series) -> str:
@@ -29,7 +32,7 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def pareto_frontier(frame: pd.DataFrame, x: str = "nfe", y: str = "fid") -> pd.DataFrame:
+def pareto_frontier(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     """Rows no other row beats on both ``x`` and ``y`` (lower is better on both), sorted by ``x``."""
     points = frame.dropna(subset=[x, y]).sort_values([x, y])
     keep, best = [], math.inf
@@ -40,28 +43,29 @@ def pareto_frontier(frame: pd.DataFrame, x: str = "nfe", y: str = "fid") -> pd.D
     return points.loc[keep]
 
 
-def fid_vs_nfe(frame: pd.DataFrame, path: Path, quality: Column) -> Path | None:
-    """The quality axis (FID) against NFE (log scale), every (model, sampler), the Pareto frontier marked."""
-    y = quality.name
-    points = frame.dropna(subset=["nfe", y])
+def quality_vs_cost(frame: pd.DataFrame, path: Path, quality: Column, cost: Column) -> Path | None:
+    """The quality axis (FID) against the cost axis (NFE, log scale), every (model, sampler), the
+    Pareto frontier marked."""
+    y, x = quality.name, cost.name
+    points = frame.dropna(subset=[x, y])
     if points.empty:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     models = sorted(points["model"].unique())
     colours = {model: plt.cm.tab10(i % 10) for i, model in enumerate(models)}
     for model in models:
-        rows = points[points["model"] == model].sort_values("nfe")
-        ax.plot(rows["nfe"], rows[y], "o-", color=colours[model], label=model, alpha=0.85, markersize=6)
+        rows = points[points["model"] == model].sort_values(x)
+        ax.plot(rows[x], rows[y], "o-", color=colours[model], label=model, alpha=0.85, markersize=6)
         for _, row in rows.iterrows():
             text = row["model"] if row["sampler"] == "default" else row["sampler"]
-            ax.annotate(text, (row["nfe"], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    frontier = pareto_frontier(points, y=y) if quality.better != "higher" else pareto_frontier(
-        points.assign(**{y: -points[y]}), y=y).assign(**{y: lambda f: -f[y]})
-    ax.step(frontier["nfe"], frontier[y], where="post", color="black", linestyle="--", linewidth=1,
+            ax.annotate(text, (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    frontier = pareto_frontier(points, x=x, y=y) if quality.better != "higher" else pareto_frontier(
+        points.assign(**{y: -points[y]}), x=x, y=y).assign(**{y: lambda f: -f[y]})
+    ax.step(frontier[x], frontier[y], where="post", color="black", linestyle="--", linewidth=1,
             label="Pareto frontier")
-    ax.scatter(frontier["nfe"], frontier[y], s=140, facecolors="none", edgecolors="black", linewidths=1.2)
+    ax.scatter(frontier[x], frontier[y], s=140, facecolors="none", edgecolors="black", linewidths=1.2)
     ax.set_xscale("log")
-    ax.set_xlabel("network function evaluations per sample (NFE, log scale)")
+    ax.set_xlabel(f"{cost.title or cost.name} per sample (log scale)")
     ax.set_ylabel(f"{quality.title or quality.name} ({quality.better or '?'} is better)")
     ax.set_title("Quality against sampling cost")
     ax.grid(True, which="both", alpha=0.3)
@@ -82,7 +86,8 @@ def trilemma_scores(frame: pd.DataFrame, axes: dict[str, Column]) -> pd.DataFram
     """Each axis in [0, 1], higher is better, relative to the rows of this report: quality and
     coverage relative to the best row (a share as it is); speed as log rescaled from the slowest
     (0.05) to the fastest (1)."""
-    if set(axes) != {"quality", "speed", "coverage"}:
+    axes = {kind: column for kind, column in axes.items() if kind in TRILEMMA_AXES}
+    if set(axes) != set(TRILEMMA_AXES):
         return frame.iloc[0:0]
     rows = frame.dropna(subset=[c.name for c in axes.values() if c.name in frame]).copy()
     if rows.empty or any(c.name not in rows for c in axes.values()):
@@ -122,21 +127,23 @@ def trilemma_chart(frame: pd.DataFrame, path: Path, axes: dict[str, Column]) -> 
     return _save(fig, path)
 
 
-def class_histograms(frame: pd.DataFrame, real_shares: list[float], path: Path) -> Path | None:
-    """Class shares of each (model, sampler)'s samples against the real test split."""
-    share_columns = [f"class_share_{k}" for k in range(10)]
-    rows = frame.dropna(subset=[c for c in share_columns if c in frame])
-    if rows.empty or not all(c in frame for c in share_columns):
+def class_histograms(frame: pd.DataFrame, share_columns: list[str], real_shares: list[float], path: Path,
+                     titles: list[str] | None = None) -> Path | None:
+    """Class shares (``share_columns``, one per class) of each row's samples against the real ones,
+    a panel a row (titled by ``titles``, else model/sampler)."""
+    rows = frame.dropna(subset=share_columns)
+    if rows.empty:
         return None
     n = len(rows)
     cols = min(3, n)
     fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(3.6 * cols, 2.6 * math.ceil(n / cols)),
                              squeeze=False, sharey=True)
-    digits = np.arange(10)
-    for ax, (_, row) in zip(axes.flat, rows.iterrows(), strict=False):
+    digits = np.arange(len(share_columns))
+    titles = titles or [label(row) for _, row in rows.iterrows()]
+    for ax, (_, row), title in zip(axes.flat, rows.iterrows(), titles, strict=False):
         ax.bar(digits, [100 * row[c] for c in share_columns], color="tab:blue", alpha=0.75, label="generated")
         ax.plot(digits, [100 * s for s in real_shares], "k_", markersize=14, markeredgewidth=2, label="real (test)")
-        ax.set_title(f"{label(row)}: {int(row['modes_covered'])}/10 modes, KL {row['kl_to_test']:.3f}", fontsize=8)
+        ax.set_title(title, fontsize=8)
         ax.set_xticks(digits)
         ax.set_xlabel("class (pinned classifier)", fontsize=8)
         ax.set_ylabel("share of samples (%)", fontsize=8)

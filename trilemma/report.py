@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from trilemma.columns import Column, chart_axes, declared_columns, from_dicts
-from trilemma.data import TEST_LABEL_COUNTS
 from trilemma.errors import TrilemmaError
 from trilemma.metrics import ReportSection
 from trilemma.rundir import RunDirectory
@@ -33,6 +32,14 @@ def _registered_metrics() -> list[Any]:
     return [entry.item for entry in collect().metrics.in_order()]
 
 
+def _upgraded(record: dict[str, Any], now: Column | None) -> dict[str, Any]:
+    """A column recorded before declarations said ``text`` and ``axis="cost"``: those two from today's
+    declaration of the same name, everything else as recorded."""
+    if now is None or "text" in record:
+        return record
+    return {**record, "text": now.text, "axis": record.get("axis") or now.axis}
+
+
 def columns_of(manifests: Sequence[dict[str, Any]]) -> list[Column]:
     """The columns the runs declared (recorded in their manifests), or, for runs recorded before
     manifests held them, the columns of the metrics registered now."""
@@ -41,6 +48,9 @@ def columns_of(manifests: Sequence[dict[str, Any]]) -> list[Column]:
         for record in manifest.get("columns", []):
             recorded.setdefault(record["name"], record)
     if recorded:
+        if any("text" not in record for record in recorded.values()):  # recorded before text and the cost axis
+            current = {c.name: c for c in declared_columns(_registered_metrics())}
+            recorded = {name: _upgraded(record, current.get(name)) for name, record in recorded.items()}
         return from_dicts(recorded.values())
     return declared_columns(_registered_metrics())
 
@@ -228,19 +238,22 @@ def protocol_lines(manifest: dict[str, Any]) -> list[str]:
 
 # --- figures ----------------------------------------------------------------------------------
 
-def render_figures(frame: pd.DataFrame, summary: pd.DataFrame, out: RunDirectory, dataset: str,
-                   columns: Sequence[Column]) -> dict[str, Path]:
+def render_figures(summary: pd.DataFrame, out: RunDirectory, columns: Sequence[Column],
+                   sections: Sequence[ReportSection] = ()) -> dict[str, Path]:
+    """The trilemma chart and the quality-against-cost frontier from the declared axes, then each
+    metric section's own figures."""
     from trilemma import plots
 
     ok = summary[summary["n_seeds"] > 0]
     axes = chart_axes(columns)
     figures = {"trilemma chart": plots.trilemma_chart(ok, out.plot("trilemma"), axes)}
-    if "quality" in axes:
-        figures["FID vs NFE"] = plots.fid_vs_nfe(ok, out.plot("fid_vs_nfe"), axes["quality"])
-    if dataset == "mnist":
-        total = sum(TEST_LABEL_COUNTS)
-        figures["class histograms"] = plots.class_histograms(ok, [c / total for c in TEST_LABEL_COUNTS],
-                                                             out.plot("class_histograms"))
+    if "quality" in axes and "cost" in axes:
+        quality, cost = axes["quality"], axes["cost"]
+        figures[f"{quality.title or quality.name} against {cost.title or cost.name}"] = plots.quality_vs_cost(
+            ok, out.plot(f"{quality.name}_vs_{cost.name}"), quality, cost)
+    for section in sections:
+        for name, draw in section.figures.items():
+            figures[name] = draw(out.plot(name.replace(" ", "_")))
     return {name: path for name, path in figures.items() if path is not None}
 
 
@@ -261,11 +274,15 @@ def _image_md(path: Path, base: Path) -> str:
     return f"![{path.stem}]({path.relative_to(base) if path.is_relative_to(base) else path})"
 
 
-def metric_sections(frame: pd.DataFrame) -> list[ReportSection]:
-    """What the registered metrics have to say about these rows beyond their columns."""
+def metric_sections(frame: pd.DataFrame, manifests: Sequence[dict[str, Any]] = ()) -> list[ReportSection]:
+    """What the metrics that ran (named in the runs' manifests) have to say about these rows beyond
+    their columns, through the code of those metrics installed now."""
+    ran = {name for manifest in manifests for name in manifest.get("protocol_keys", {})}
     sections = []
     for metric in _registered_metrics():
-        if any(column.name in frame for column in metric.columns):
+        if ran and metric.name not in ran:
+            continue
+        if any(column.matches(c) for column in metric.columns for c in frame.columns):
             section = metric.report_section(frame)
             if section is not None:
                 sections.append(section)
@@ -273,18 +290,21 @@ def metric_sections(frame: pd.DataFrame) -> list[ReportSection]:
 
 
 def write_documents(out: RunDirectory, title: str, frame: pd.DataFrame, summary: pd.DataFrame,
-                    manifests: list[dict[str, Any]], figures: dict[str, Path], grids: dict[str, Path],
-                    extra_md: str = "") -> Path:
-    table = headline_table(summary, columns_of(manifests))
+                    manifests: list[dict[str, Any]], grids: dict[str, Path], extra_md: str = "") -> Path:
+    """``report.md`` and ``report.html`` (and the figures they show) from what the runs declared."""
+    columns = columns_of(manifests)
+    table = headline_table(summary, columns)
     failures = summary[summary["failed"] > 0]
-    sections = metric_sections(frame)
+    sections = metric_sections(frame, manifests)
+    figures = render_figures(summary, out, columns, sections)
     md = [f"# {title}", "", "## Results", "",
           "Arrows say which direction is better. With several seeds: mean ± half-width of the 95% bootstrap "
           "interval of the mean.", "", markdown_table(table), ""]
     if len(failures):
         md += ["## Failures", ""] + [f"- {r.model}/{r.sampler}: {r.error}" for r in failures.itertuples()] + [""]
     for section in sections:
-        md += [f"## {section.title}", "", *section.notes, "", markdown_table(section.table), ""]
+        md += [f"## {section.title}", "", *section.notes, ""]
+        md += [markdown_table(section.table), ""] if len(section.table) else []
     if extra_md:
         md += [extra_md, ""]
     md += ["## Protocol", ""]
@@ -319,7 +339,8 @@ def _html(title: str, table: pd.DataFrame, failures: pd.DataFrame, sections: lis
     for section in sections:
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
         parts += [f"<p>{html.escape(note)}</p>" for note in section.notes]
-        parts.append(section.table.to_html(index=False, escape=True, border=0))
+        if len(section.table):
+            parts.append(section.table.to_html(index=False, escape=True, border=0))
     if extra_md:
         parts.append(f"<pre>{html.escape(extra_md)}</pre>")
     parts.append("<h2>Protocol</h2>")
@@ -341,8 +362,7 @@ def render_run(run_dir: Path) -> Path:
     frame = separate_identities(frame)
     summary = aggregate(frame)
     out = RunDirectory(run_dir)
-    figures = render_figures(frame, summary, out, manifest.get("dataset", "mnist"), columns_of([manifest]))
-    return write_documents(out, f"trilemma run `{out.root.name}`", frame, summary, [manifest], figures,
+    return write_documents(out, f"trilemma run `{out.root.name}`", frame, summary, [manifest],
                            sample_grids([run_dir], frame))
 
 
@@ -388,8 +408,7 @@ def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool =
         out.write_manifest({"combined_from": [str(r) for r in run_dirs], "runs": manifests})
         summary = aggregate(frame)
         out.write_text(out.file("summary.csv"), summary.to_csv(index=False))
-        figures = render_figures(frame, summary, out, manifests[0].get("dataset", "mnist"), columns_of(manifests))
-        path = write_documents(out, f"trilemma: {len(run_dirs)} runs pooled", frame, summary, manifests, figures,
+        path = write_documents(out, f"trilemma: {len(run_dirs)} runs pooled", frame, summary, manifests,
                                sample_grids(run_dirs, frame))
     print(f"wrote {path} and {path.with_suffix('.html')}")
     return path

@@ -11,12 +11,16 @@ import pandas as pd
 
 from trilemma.columns import HARNESS_COST, HARNESS_IDENTITY, Column, ordered
 
-TEXT_COLUMNS = ("model", "sampler", "dataset", "status", "error", "config_hash", "identity", "sampler_spec",
-                "train_precision", "bpd_kind", "nfe_check")
 KEY = ["model", "sampler", "seed"]
 OK, FAILED = "ok", "failed"
 #: With no metric declarations at hand (reading a bare CSV), the harness's own columns still lead.
 HARNESS_COLUMNS = (*HARNESS_IDENTITY, *HARNESS_COST)
+#: The harness's text columns; a run's own declarations (its manifest) add the metrics'.
+TEXT_COLUMNS = tuple(column.name for column in HARNESS_COLUMNS if column.text)
+
+
+def text_columns(declared: Sequence[Column]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*TEXT_COLUMNS, *(c.name for c in declared if c.text and not c.is_family)]))
 
 
 def rows_frame(rows: list[dict[str, Any]], declared: Sequence[Column] = HARNESS_COLUMNS) -> pd.DataFrame:
@@ -25,7 +29,7 @@ def rows_frame(rows: list[dict[str, Any]], declared: Sequence[Column] = HARNESS_
     frame = pd.DataFrame(rows)
     for column in declared:
         if not column.is_family and not column.optional and column.name not in frame:
-            frame[column.name] = "" if column.name in TEXT_COLUMNS else math.nan
+            frame[column.name] = "" if column.text else math.nan
     return frame[ordered(frame.columns, declared)]
 
 

@@ -33,10 +33,10 @@ from typing import Any
 
 import pandas as pd
 
-from trilemma.columns import Column
+from trilemma.columns import Column, from_dicts
 from trilemma.errors import TrilemmaError
 from trilemma.files import atomic_write_json, atomic_write_text
-from trilemma.results import FAILED, HARNESS_COLUMNS, KEY, OK, TEXT_COLUMNS, ResultsTable, rows_frame
+from trilemma.results import FAILED, HARNESS_COLUMNS, KEY, OK, TEXT_COLUMNS, ResultsTable, rows_frame, text_columns
 
 try:
     import fcntl
@@ -55,7 +55,7 @@ def _damaged(path: Path, line: int | None, what: str) -> TrilemmaError:
     return TrilemmaError(f"{where}: {what}; the file is damaged (a torn write or an edit): {fix}")
 
 
-def read_results_csv(path: Path) -> pd.DataFrame:
+def read_results_csv(path: Path, text: Sequence[str] = TEXT_COLUMNS) -> pd.DataFrame:
     """Read ``results.csv``, checking every line before pandas sees it. Text columns keep their
     exact text (a model named ``nan`` or ``null`` stays a name); only empty cells are missing."""
     try:
@@ -83,7 +83,7 @@ def read_results_csv(path: Path) -> pd.DataFrame:
         raise _damaged(path, reader.line_num, str(exc)) from exc
     if not text.endswith("\n"):
         raise _damaged(path, reader.line_num, "the last line is cut short (no line end)")
-    text_columns = {c: str for c in TEXT_COLUMNS if c in header}
+    text_columns = {c: str for c in text if c in header}
     frame = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""], dtype=text_columns)
     for column in text_columns:
         frame[column] = frame[column].fillna("")
@@ -244,13 +244,21 @@ class RunDirectory:
     def read_results(self) -> pd.DataFrame:
         if not self.results_path.exists():
             raise TrilemmaError(f"{self.root}: no {RESULTS_NAME}; is it a trilemma run directory?")
-        return read_results_csv(self.results_path)
+        return read_results_csv(self.results_path, self._text_columns())
 
     def load_table(self) -> ResultsTable:
         """The rows already recorded here (none for a new directory)."""
         if not self.results_path.exists():
             return ResultsTable()
-        return ResultsTable(read_results_csv(self.results_path).to_dict("records"))
+        return ResultsTable(read_results_csv(self.results_path, self._text_columns()).to_dict("records"))
+
+    def _text_columns(self) -> tuple[str, ...]:
+        """The text columns this run declared (its manifest), else the harness's own."""
+        try:
+            recorded = self.read_manifest().get("columns", [])
+        except TrilemmaError:
+            recorded = []
+        return text_columns(from_dicts(r for r in recorded if isinstance(r, dict)))
 
     def write_results(self, frame: pd.DataFrame, declared: Sequence[Column] = HARNESS_COLUMNS) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

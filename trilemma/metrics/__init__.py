@@ -45,11 +45,14 @@ class EvalContext:
 
 @dataclass
 class ReportSection:
-    """A metric's own section of ``report.md``: a title, notes (flags first) and a table."""
+    """A metric's own section of ``report.md``: a title, notes (flags first), a table, and figures
+    (title → a function that draws the figure into the PNG path it is given and returns it, or
+    None when there is nothing to draw)."""
 
     title: str
     table: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    figures: dict[str, Callable[[Path], Path | None]] = field(default_factory=dict)
 
 
 class Metric:

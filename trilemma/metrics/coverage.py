@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from trilemma.columns import Column
+from trilemma.data import TEST_LABEL_COUNTS
 from trilemma.hookspecs import hookimpl
-from trilemma.metrics import EvalContext, Metric
+from trilemma.metrics import EvalContext, Metric, ReportSection
 from trilemma.metrics.features import classifier_outputs, sample_outputs
 from trilemma.sampling import draw
 from trilemma.seeds import derived_seed
 
+#: Classes of the pinned classifier: the digits.
+NUM_CLASSES = 10
 #: A sample whose largest softmax probability is below this counts as low-confidence.
 LOW_CONFIDENCE_THRESHOLD = 0.9
 #: An MNIST class is covered when it holds at least this fraction of its fair share (n / classes)
@@ -61,15 +65,19 @@ def class_coverage(probabilities: torch.Tensor, reference_labels: torch.Tensor, 
 
 
 def stacked_coverage(digit_logits: torch.Tensor) -> dict[str, Any]:
-    """Stacked-MNIST coverage from logits of shape N×3×10 (one classification per channel)."""
+    """Stacked-MNIST coverage from logits of shape N×C×classes (one classification per channel):
+    mode = the channels' digits read as a number (100·d1 + 10·d2 + d3 for three channels)."""
+    channels, classes = digit_logits.shape[1], digit_logits.shape[2]
     digits = digit_logits.argmax(dim=2).cpu()
-    modes = 100 * digits[:, 0] + 10 * digits[:, 1] + digits[:, 2]
-    counts = torch.bincount(modes, minlength=1000).double()
+    places = classes ** torch.arange(channels - 1, -1, -1)
+    modes = (digits * places).sum(dim=1)
+    num_modes = classes ** channels
+    counts = torch.bincount(modes, minlength=num_modes).double()
     confidence = digit_logits.softmax(dim=2).max(dim=2).values.min(dim=1).values
     return {
         "modes_covered": int((counts > 0).sum()),
-        "modes_total": 1000,
-        "kl_to_uniform": kl_divergence(counts, torch.ones(1000)),
+        "modes_total": num_modes,
+        "kl_to_uniform": kl_divergence(counts, torch.ones(num_modes)),
         "low_confidence_share": float((confidence < LOW_CONFIDENCE_THRESHOLD).double().mean()),
     }
 
@@ -97,12 +105,18 @@ class CoverageMetric(Metric):
     )
     protocol_keys = ("samples",)
 
+    def applies_to(self, dataset: Any) -> bool:
+        """Digit datasets: one digit a channel, so the modes are the classes to the power of the channels."""
+        return dataset.num_modes == NUM_CLASSES ** dataset.channels
+
     def compute(self, ctx: EvalContext) -> dict[str, Any]:
-        if ctx.dataset.channels == 3:
+        if ctx.dataset.channels > 1:
             row = self._stacked(ctx)
         else:
             _, logits = sample_outputs(ctx)
-            row = class_coverage(logits[:, 0].softmax(dim=1), ctx.data["test"].labels)
+            row = class_coverage(logits[:, 0].softmax(dim=1), ctx.data["test"].labels, NUM_CLASSES)
+        if row["modes_total"] != ctx.dataset.num_modes:
+            raise ValueError(f"counted {row['modes_total']} modes where {ctx.dataset.name} has {ctx.dataset.num_modes}")
         kl = row.get("kl_to_test", row["kl_to_uniform"])
         row["coverage_score"] = row["modes_covered"] / row["modes_total"] * math.exp(-kl)
         return row
@@ -119,12 +133,13 @@ class CoverageMetric(Metric):
         return stacked_coverage(logits)
 
     def protocol(self, ctx: EvalContext) -> dict[str, Any]:
-        if ctx.dataset.channels == 3:
+        modes = ctx.dataset.num_modes
+        if ctx.dataset.channels > 1:
             samples = max(ctx.preset.stacked_samples, ctx.preset.eval_samples)
             return {"summary": f"Stacked-MNIST (PacGAN): each channel classified by the pinned classifier; a mode is "
-                               f"covered by at least one of {samples} samples; KL(generated ‖ uniform over 1000)",
+                               f"covered by at least one of {samples} samples; KL(generated ‖ uniform over {modes})",
                     "protocol": "Stacked-MNIST (PacGAN): each channel classified by the pinned classifier; "
-                                "a mode is covered by at least one sample; KL(generated ‖ uniform over 1000)",
+                                f"a mode is covered by at least one sample; KL(generated ‖ uniform over {modes})",
                     "samples": max(ctx.preset.stacked_samples, ctx.preset.eval_samples)}
         return {"summary": f"classes of the pinned classifier on {ctx.preset.eval_samples} samples; a class is covered "
                            f"when it holds at least {MODE_MIN_FAIR_SHARE:g} of its fair share (n/10); KL to the real "
@@ -135,6 +150,31 @@ class CoverageMetric(Metric):
                             "KL(generated ‖ real test labels) and KL(generated ‖ uniform), in nats",
                 "low_confidence_threshold": LOW_CONFIDENCE_THRESHOLD, "mode_min_fair_share": MODE_MIN_FAIR_SHARE,
                 "samples": ctx.preset.eval_samples}
+
+
+    def report_section(self, frame: Any) -> ReportSection | None:
+        """Class histograms of the single-channel rows (mean over seeds) against the real test labels."""
+        shares = sorted((c for c in frame.columns if c.startswith("class_share_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+        if not shares:
+            return None
+        rows = frame[frame["status"] == "ok"].dropna(subset=shares)
+        if rows.empty:
+            return None
+        means = rows.groupby(["model", "sampler"], sort=False)[[*shares, "modes_covered", "modes_total", "kl_to_test"]]
+        means = means.mean().reset_index()
+        real = [count / sum(TEST_LABEL_COUNTS) for count in TEST_LABEL_COUNTS]
+
+        def draw_histograms(path: Path) -> Path | None:
+            from trilemma.plots import class_histograms
+
+            titles = [f"{r.model}/{r.sampler}: {r.modes_covered:g}/{r.modes_total:g} modes, KL {r.kl_to_test:.3f}"
+                      for r in means.itertuples()]
+            return class_histograms(means, shares, real, path, titles)
+
+        return ReportSection("Class histograms", means.iloc[0:0], [
+            f"The classes the pinned classifier reads in each row's samples (mean over seeds), against the real "
+            f"test labels; a class is covered when it holds at least {MODE_MIN_FAIR_SHARE:g} of its fair share."],
+            {"class histograms": draw_histograms})
 
 
 @hookimpl

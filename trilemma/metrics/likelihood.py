@@ -33,7 +33,7 @@ class LikelihoodMetric(Metric):
     columns = (
         Column("bpd", better="lower", headline=True, title="bits/dim", fmt="{:.3f}",
                description="−log2 p(x) per pixel on the test split (an upper bound unless the kind is exact)"),
-        Column("bpd_kind", description="exact, elbo or vlb"),
+        Column("bpd_kind", description="exact, elbo or vlb", text=True),
     )
     protocol_keys = ("images",)
     settings = (Setting("likelihood_images", parse=int, default=None,

@@ -66,11 +66,11 @@ class SpeedMetric(Metric):
     name = "speed"
     needs = ("samples", "model")
     columns = (
-        Column("nfe", better="lower", headline=True, title="NFE", fmt="{:g}",
+        Column("nfe", better="lower", headline=True, title="NFE", fmt="{:g}", axis="cost",
                description="network evaluations per sample: the hook count, or the FLOP-based count where that is higher"),
         Column("nfe_hooks", description="forward calls of sampling_networks(), weighted by batch size, per sample"),
         Column("nfe_flops", description="the sampler's FLOPs over the FLOPs of one network pass, per sample"),
-        Column("nfe_check", description="agree, or mismatch: the two NFE counts differ by more than 5%"),
+        Column("nfe_check", description="agree, or mismatch: the two NFE counts differ by more than 5%", text=True),
         Column("sample_gflop", better="lower", headline=True, title="GFLOP/sample", fmt="{:.3g}",
                description="matmul/conv/attention GFLOP the sampler spends per sample"),
         Column("ms_per_sample", better="lower", headline=True, title="ms/sample", fmt="{:.3g}"),
