@@ -167,3 +167,18 @@ def test_legacy_rows_pool_by_config_hash_and_one_run_keeps_identities_apart(tmp_
     render_run(tmp_path / "old")
     table = (tmp_path / "old" / "report.md").read_text()
     assert "vae [id h1]" in table and "vae [id h2]" in table
+
+
+def test_markdown_and_html_say_the_same_things(tmp_path):
+    import re
+
+    make_run(tmp_path / "run", seeds=(0, 1), fail=("dcgan", 1))
+    render_run(tmp_path / "run")
+    md = (tmp_path / "run" / "report.md").read_text()
+    page = (tmp_path / "run" / "report.html").read_text()
+    md_headings = re.findall(r"^#+ (.+)$", md, flags=re.MULTILINE)
+    html_headings = [h.replace("&amp;", "&") for h in re.findall(r"<h\d>(.+?)</h\d>", page)]
+    assert md_headings == html_headings and "Failures" in md_headings and "Protocol" in md_headings
+    assert "dcgan/default: RuntimeError: boom" in md and "dcgan/default: RuntimeError: boom" in page
+    assert "{{" not in md + page and "{%" not in md + page
+    assert page.count("<img") == len(re.findall(r"^!\[", md, flags=re.MULTILINE))

@@ -1,0 +1,330 @@
+"""The report as one description (``ReportDocument``) rendered twice, as Markdown and as
+self-contained HTML, by two Jinja2 templates: the sentences, tables and figures are chosen once.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+
+from trilemma.columns import Column, chart_axes
+from trilemma.metrics import ReportSection
+from trilemma.report_protocol import get_path, registered_metrics
+from trilemma.report_stats import KEY, aggregate
+from trilemma.rundir import RunDirectory
+
+SEEDS_NOTE = ("Arrows say which direction is better. With several seeds: mean ± half-width of the 95% bootstrap "
+              "interval of the mean.")
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+def _fmt(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def headline_table(summary: pd.DataFrame, columns: Sequence[Column]) -> pd.DataFrame:
+    """The headline, one row per (model, sampler), the declared headline columns in their order:
+    ``mean ± half-width`` of the 95% bootstrap interval when several seeds succeeded, the plain
+    value for one."""
+    table: dict[str, list[str]] = {"model": list(summary["model"]), "sampler": list(summary["sampler"]),
+                                   "seeds": [str(n) for n in summary["n_seeds"]]}
+    for declared in columns:
+        column, title, fmt = declared.name, declared.heading, declared.fmt
+        if not declared.headline or declared.is_family or column not in summary:
+            continue
+        cells = []
+        for _, row in summary.iterrows():
+            cell = _fmt(row[column], fmt)
+            half = (row.get(f"{column}_ci_high", math.nan) - row.get(f"{column}_ci_low", math.nan)) / 2
+            if cell != "–" and math.isfinite(half):
+                cell += " ± " + _fmt(half, fmt.replace(",", ""))
+            cells.append(cell)
+        table[title] = cells
+    table["status"] = ["ok" if f == 0 else f"{f} failed" for f in summary["failed"]]
+    return pd.DataFrame(table)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    body = ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def protocol_items(manifest: dict[str, Any]) -> list[str]:
+    """The manifest as a list of plain sentences: dataset, device, training, then each metric's own
+    description of its protocol, plugin problems, versions."""
+    if not manifest:
+        return ["(no manifest)"]
+    versions = manifest.get("versions", {})
+    lines = [
+        f"Dataset: {manifest.get('dataset')} ({manifest.get('data_source')}); preset {manifest.get('preset')}; "
+        f"seeds {manifest.get('seeds')}",
+        f"Device: {get_path(manifest, ('device', 'name'))}",
+    ]
+    training = manifest.get("training") or {}
+    if training:
+        cap = training.get("train_seconds_cap")
+        lines.append(f"Training: budgets in {str(training.get('budget', 'work')).split(':')[0]}; precision "
+                     f"{training.get('precision')}; " + (f"⚠ capped at {cap:g} s of wall time: not comparable with uncapped runs" if cap else "no time cap"))
+    for metric, protocol in (manifest.get("metrics") or {}).items():
+        if isinstance(protocol, dict) and protocol:
+            described = protocol.get("summary") or "; ".join(f"{k}: {v}" for k, v in protocol.items())
+            lines.append(f"{metric}: {described}")
+    problems = manifest.get("plugin_problems") or {}
+    for name, error in (problems.get("broken") or {}).items():
+        lines.append(f"Broken plugin {name}: {error}")
+    for conflict in problems.get("conflicts") or []:
+        lines.append(f"Name conflict: {conflict}")
+    if versions:
+        lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    return lines
+
+
+# --- figures and sections ---------------------------------------------------------------------
+
+def render_figures(summary: pd.DataFrame, out: RunDirectory, columns: Sequence[Column],
+                   sections: Sequence[ReportSection] = ()) -> dict[str, Path]:
+    """The trilemma chart and the quality-against-cost frontier from the declared axes, then each
+    metric section's own figures."""
+    from trilemma import plots
+
+    ok = summary[summary["n_seeds"] > 0]
+    axes = chart_axes(columns)
+    figures = {"trilemma chart": plots.trilemma_chart(ok, out.plot("trilemma"), axes)}
+    if "quality" in axes and "cost" in axes:
+        quality, cost = axes["quality"], axes["cost"]
+        figures[f"{quality.title or quality.name} against {cost.title or cost.name}"] = plots.quality_vs_cost(
+            ok, out.plot(f"{quality.name}_vs_{cost.name}"), quality, cost)
+    for section in sections:
+        for name, draw in section.figures.items():
+            figures[name] = draw(out.plot(name.replace(" ", "_")))
+    return {name: path for name, path in figures.items() if path is not None}
+
+
+def sample_grids(run_dirs: Sequence[Path], frame: pd.DataFrame) -> dict[str, Path]:
+    grids = {}
+    for model, sampler in dict.fromkeys(zip(frame["model"], frame["sampler"], strict=True)):
+        for run_dir in run_dirs:
+            found = RunDirectory(run_dir).sample_grids(model, sampler)
+            if found:
+                grids[f"{model}/{sampler}"] = found[0]
+                break
+    return grids
+
+
+def metric_sections(frame: pd.DataFrame, manifests: Sequence[dict[str, Any]] = ()) -> list[ReportSection]:
+    """What the metrics that ran (named in the runs' manifests) have to say about these rows beyond
+    their columns, through the code of those metrics installed now."""
+    ran = {name for manifest in manifests for name in manifest.get("protocol_keys", {})}
+    sections = []
+    for metric in registered_metrics():
+        if ran and metric.name not in ran:
+            continue
+        if any(column.matches(c) for column in metric.columns for c in frame.columns):
+            section = metric.report_section(frame)
+            if section is not None:
+                sections.append(section)
+    return sections
+
+
+# --- the document -----------------------------------------------------------------------------
+
+@dataclass
+class ReportDocument:
+    """Everything a report says, once: both templates render it."""
+
+    title: str
+    table: pd.DataFrame
+    intro: str = SEEDS_NOTE
+    failures: list[str] = field(default_factory=list)
+    sections: list[ReportSection] = field(default_factory=list)
+    protocols: list[tuple[str, list[str]]] = field(default_factory=list)  # (heading, sentences)
+    figures: dict[str, Path] = field(default_factory=dict)
+    grids: dict[str, Path] = field(default_factory=dict)
+
+
+MARKDOWN = """\
+# {{ doc.title }}
+
+## Results
+
+{{ doc.intro }}
+
+{{ doc.table | markdown }}
+{% if doc.failures %}
+
+## Failures
+
+{% for failure in doc.failures %}
+- {{ failure }}
+{% endfor %}
+{% endif %}
+{% for section in doc.sections %}
+
+## {{ section.title }}
+{% for note in section.notes %}
+
+{{ note }}
+{% endfor %}
+{% if section.table | length %}
+
+{{ section.table | markdown }}
+{% endif %}
+{% endfor %}
+
+## Protocol
+{% for heading, items in doc.protocols %}
+
+{% if heading %}### {{ heading }}
+
+{% endif %}
+{% for item in items %}
+- {{ item }}
+{% endfor %}
+{% endfor %}
+{% if doc.figures %}
+
+## Figures
+{% for name, path in doc.figures.items() %}
+
+### {{ name }}
+
+![{{ path.stem }}]({{ path | relative }})
+{% endfor %}
+{% endif %}
+{% if doc.grids %}
+
+## Samples
+{% for name, path in doc.grids.items() %}
+
+### {{ name }}
+
+![{{ path.stem }}]({{ path | relative }})
+{% endfor %}
+{% endif %}
+"""
+
+HTML = """\
+<!doctype html>
+<html><head><meta charset="utf-8"><title>{{ doc.title }}</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}
+td:first-child,td:nth-child(2){text-align:left}
+img{max-width:100%}
+.grids{display:flex;flex-wrap:wrap;gap:1em}.grids figure{margin:0;width:260px}
+figcaption{font-size:12px;text-align:center}
+</style></head><body>
+<h1>{{ doc.title }}</h1>
+<h2>Results</h2>
+<p>{{ doc.intro }}</p>
+{{ doc.table | html_table }}
+{% if doc.failures %}
+<h2>Failures</h2>
+<ul>{% for failure in doc.failures %}<li>{{ failure }}</li>{% endfor %}</ul>
+{% endif %}
+{% for section in doc.sections %}
+<h2>{{ section.title }}</h2>
+{% for note in section.notes %}<p>{{ note }}</p>{% endfor %}
+{% if section.table | length %}{{ section.table | html_table }}{% endif %}
+{% endfor %}
+<h2>Protocol</h2>
+{% for heading, items in doc.protocols %}
+{% if heading %}<h3>{{ heading }}</h3>{% endif %}
+<ul>{% for item in items %}<li>{{ item }}</li>{% endfor %}</ul>
+{% endfor %}
+{% if doc.figures %}
+<h2>Figures</h2>
+{% for name, path in doc.figures.items() %}<h3>{{ name }}</h3>{{ path | embed }}{% endfor %}
+{% endif %}
+{% if doc.grids %}
+<h2>Samples</h2>
+<div class="grids">
+{% for name, path in doc.grids.items() %}<figure>{{ path | embed }}<figcaption>{{ name }}</figcaption></figure>{% endfor %}
+</div>
+{% endif %}
+</body></html>
+"""
+
+
+def _embed(path: Path) -> Any:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return jinja2.utils.markupsafe.Markup('<img alt="{}" src="data:image/png;base64,{}">').format(path.stem, data)
+
+
+def _environment(base: Path, autoescape: bool) -> jinja2.Environment:
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, autoescape=autoescape, keep_trailing_newline=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["markdown"] = markdown_table
+    env.filters["relative"] = lambda path: str(path.relative_to(base) if path.is_relative_to(base) else path)
+    env.filters["html_table"] = lambda table: jinja2.utils.markupsafe.Markup(
+        table.to_html(index=False, escape=True, border=0))
+    env.filters["embed"] = _embed
+    return env
+
+
+def write_document(out: RunDirectory, doc: ReportDocument) -> Path:
+    """``report.md`` and ``report.html`` of ``doc`` in ``out``."""
+    out.write_text(out.report_md, _environment(out.root, False).from_string(MARKDOWN).render(doc=doc))
+    out.write_text(out.report_html, _environment(out.root, True).from_string(HTML).render(doc=doc))
+    return out.report_md
+
+
+def run_document(out: RunDirectory, title: str, frame: pd.DataFrame, summary: pd.DataFrame,
+                 manifests: list[dict[str, Any]], grids: dict[str, Path]) -> ReportDocument:
+    """The document of one run or of pooled runs (drawing its figures into ``out``)."""
+    from trilemma.report_protocol import columns_of
+
+    columns = columns_of(manifests)
+    sections = metric_sections(frame, manifests)
+    failures = summary[summary["failed"] > 0]
+    return ReportDocument(
+        title=title, table=headline_table(summary, columns),
+        failures=[f"{r.model}/{r.sampler}: {r.error}" for r in failures.itertuples()], sections=sections,
+        protocols=[("", protocol_items(manifest)) for manifest in manifests],
+        figures=render_figures(summary, out, columns, sections), grids=grids)
+
+
+def comparison_table(a: pd.DataFrame, b: pd.DataFrame, columns: Sequence[Column]) -> pd.DataFrame:
+    """Rows matched by (model, sampler): A, B and B − A for each numeric headline column."""
+    sa, sb = aggregate(a).set_index(KEY), aggregate(b).set_index(KEY)
+    compared = [c.name for c in columns if c.headline and not c.is_family and (c.name in sa or c.name in sb)]
+    keys = list(dict.fromkeys([*sa.index, *sb.index]))
+    records = []
+    for key in keys:
+        record: dict[str, Any] = {"model": key[0], "sampler": key[1]}
+        for column in compared:
+            va = sa[column].get(key, math.nan) if column in sa else math.nan
+            vb = sb[column].get(key, math.nan) if column in sb else math.nan
+            record[f"{column} A"], record[f"{column} B"], record[f"{column} Δ"] = va, vb, vb - va
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def comparison_document(names: Sequence[str], a: pd.DataFrame, b: pd.DataFrame, manifests: Sequence[dict[str, Any]],
+                        columns: Sequence[Column]) -> tuple[ReportDocument, pd.DataFrame]:
+    """Two runs side by side: the document (values formatted) and the raw comparison table."""
+    table = comparison_table(a, b, columns)
+    shown = table.copy()
+    for column in shown.columns[2:]:
+        shown[column] = [_fmt(v, "{:+.4g}" if column.endswith("Δ") else "{:.4g}") for v in shown[column]]
+    doc = ReportDocument(title=f"trilemma: {names[0]} (A) against {names[1]} (B)", table=shown, intro="Δ = B − A.",
+                         protocols=[(name, protocol_items(manifest)) for name, manifest in zip("AB", manifests,
+                                                                                                  strict=True)])
+    return doc, table
