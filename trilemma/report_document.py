@@ -78,8 +78,9 @@ def protocol_items(manifest: dict[str, Any]) -> list[str]:
     training = manifest.get("training") or {}
     if training:
         cap = training.get("train_seconds_cap")
+        limit = f"⚠ capped at {cap:g} s of wall time: not comparable with uncapped runs" if cap else "no time cap"
         lines.append(f"Training: budgets in {str(training.get('budget', 'work')).split(':')[0]}; precision "
-                     f"{training.get('precision')}; " + (f"⚠ capped at {cap:g} s of wall time: not comparable with uncapped runs" if cap else "no time cap"))
+                     f"{training.get('precision')}; {limit}")
     for metric, protocol in (manifest.get("metrics") or {}).items():
         if isinstance(protocol, dict) and protocol:
             described = protocol.get("summary") or "; ".join(f"{k}: {v}" for k, v in protocol.items())
