@@ -32,6 +32,57 @@ def cli_env(site: Path | None = None, allow: str | None = None, **extra: str) ->
     return env
 
 
-def trilemma_cli(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trilemma", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+def trilemma_cli(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 300,
+                 process: bool = False) -> subprocess.CompletedProcess:
+    """``trilemma ARGS`` under ``env`` (its ``PYTHONPATH`` entries, ``TRILEMMA_LOAD_PLUGINS``, ...).
+
+    In this process by default, as pytest's ``runpytest_inprocess`` does: ``main()`` with the
+    environment applied and output captured, and afterwards the environment, ``sys.path`` and the
+    modules imported from the added paths put back, so the next call imports its plugins afresh.
+    ``process=True`` starts ``python -m trilemma`` instead, where a process boundary is the point
+    (workers of another executor, a kill, a lock held by another process)."""
+    if process:
+        return subprocess.run([sys.executable, "-m", "trilemma", *args], env=env, cwd=cwd, capture_output=True,
+                              text=True, timeout=timeout)
+    return _in_process(list(args), env, cwd)
+
+
+def _in_process(args: list[str], env: dict[str, str], cwd: Path | None) -> subprocess.CompletedProcess:
+    import contextlib
+    import importlib
+    import io
+    import traceback
+
+    from trilemma.cli import main
+
+    saved_env, saved_path, saved_cwd = dict(os.environ), list(sys.path), os.getcwd()
+    added = [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry and entry not in sys.path]
+    before = set(sys.modules)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        sys.path[:0] = added
+        importlib.invalidate_caches()
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:  # what would have been a traceback and exit 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.path[:] = saved_path
+        roots = [str(Path(entry).resolve()) for entry in added]
+        for name in set(sys.modules) - before:
+            where = getattr(sys.modules[name], "__file__", None) or ""
+            if any(str(Path(where).resolve()).startswith(root) for root in roots if where):
+                del sys.modules[name]
+        importlib.invalidate_caches()
+    return subprocess.CompletedProcess(["trilemma", *args], code, out.getvalue(), err.getvalue())

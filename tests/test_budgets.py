@@ -111,12 +111,12 @@ def test_the_same_preset_and_seed_give_the_same_numbers_under_load(tmp_path):
     with the CPU loaded by two other processes: identical quality and coverage."""
     env = cli_env(allow="dcgan")
     quiet = trilemma_cli("run", "dcgan", "--preset", "quick", "--out", str(tmp_path / "quiet"), "--no-progress",
-                         env=env, timeout=3600)
+                         env=env, timeout=3600, process=True)
     assert quiet.returncode == 0, quiet.stderr
     spinners = [subprocess.Popen([sys.executable, "-c", "while True:\n    sum(range(10000))\n"]) for _ in range(2)]
     try:
         loaded = trilemma_cli("run", "dcgan", "--preset", "quick", "--out", str(tmp_path / "loaded"), "--no-progress",
-                              env=env, timeout=3600)
+                              env=env, timeout=3600, process=True)
     finally:
         for process in spinners:
             process.kill()

@@ -64,9 +64,9 @@ def test_the_same_cells_give_the_same_rows_on_any_executor(site, tmp_path, execu
     pytest.importorskip("ray" if "ray" in executor else "submitit")
     env = cli_env(site, allow="fakes")
     args = ["run", "tiny", "tiny-k3", "--preset", "smoke", "--seeds", "2", "--no-progress"]
-    local = trilemma_cli(*args, "--out", str(tmp_path / "local"), env=env)
+    local = trilemma_cli(*args, "--out", str(tmp_path / "local"), env=env, process=True)
     assert local.returncode == 0, local.stderr
-    remote = trilemma_cli(*args, *executor, "--out", str(tmp_path / "remote"), env=env, timeout=900)
+    remote = trilemma_cli(*args, *executor, "--out", str(tmp_path / "remote"), env=env, timeout=900, process=True)
     assert remote.returncode == 0, remote.stderr + remote.stdout
     same_rows(tmp_path / "local" / "results.csv", tmp_path / "remote" / "results.csv")
     assert "recorded (4/4 cells, 0 failed rows)" in remote.stdout
@@ -125,7 +125,7 @@ def test_resume_after_the_driver_is_killed_finishes_only_what_is_missing(site, t
             driver.kill()
     before = pd.read_csv(results)
     assert set(before["model"]) == {"tiny"}  # the victim's row never landed
-    resumed = trilemma_cli(*args, "--resume", env=env, timeout=900)
+    resumed = trilemma_cli(*args, "--resume", env=env, timeout=900, process=True)
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
     assert "tiny seed 0: already finished, skipped (--resume)" in resumed.stdout
     assert "recorded (1/1 cells" in resumed.stdout

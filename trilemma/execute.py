@@ -59,8 +59,6 @@ class CellOutcome:
         return sum(1 for row in self.rows if row["status"] != OK)
 
 
-
-
 def load_data(dataset: Dataset, data_dir: Path | None) -> dict[str, Split]:
     """The dataset's splits, loaded once per process."""
     return CACHE.get("datasets", (dataset.name, str(data_dir)), lambda: dataset.load(data_dir))
@@ -96,9 +94,9 @@ def cell_specs(cell: Cell, model_class: type[GenerativeModel]) -> tuple[SamplerS
 
 
 def _sampler_names(cell: Cell, model_class: type[GenerativeModel] | None) -> list[str]:
+    """The row names of a cell that failed before its samplers were bound ("-" where none can be said)."""
     try:
-        names = [spec.name for spec in (specs(cell.samplers) if cell.samplers or model_class is None
-                                        else model_class.sampler_specs(cell.preset.name))]
+        names = [spec.name for spec in (cell_specs(cell, model_class) if model_class else specs(cell.samplers))]
         return [name for name in names if NAME_PATTERN.match(name)] or ["-"]
     except Exception:
         return ["-"]

@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from trilemma.model import ModelConfig, resolve_config
 from trilemma.plugins import Registries
 from trilemma.presets import Preset, get_preset
 from trilemma.registry import Provider
+from trilemma.rundir import RunDirectory
 from trilemma.samplers import SamplerSpec, bind, specs
 
 
@@ -153,20 +155,18 @@ def check_consistent(request: RunRequest) -> None:
                                 "give each field one way")
 
 
-def choose_samplers(cls: type, instance: Any, preset: str, model: str, given: dict[str, list[str]]) -> tuple[
-        SamplerSpec, ...]:
-    """The samplers a model is evaluated with: those ``--sampler`` names for it (``MODEL/SPEC``, or an
-    unprefixed spec whose method the model has), else its preset's. With an instance, each spec is
+def choose_samplers(cls: type, instance: Any, preset: str, names: Sequence[str],
+                    given: dict[str, list[str]]) -> tuple[SamplerSpec, ...]:
+    """The samplers a model is evaluated with: the ``--sampler`` specs prefixed with one of its
+    ``names`` (``MODEL/SPEC``) and the unprefixed ones whose method it has, else its preset's. With
+    an instance (None: the plugin cannot build, and its cell fails in execution), each spec is
     checked against the model's methods and made canonical."""
-    prefixed = specs(given.get(model, []))
+    prefixed = specs(spec for name in dict.fromkeys(names) for spec in given.get(name, []))
     unprefixed = specs(given.get("", []))
-    if instance is None:
+    methods = _methods(instance)
+    if methods is None:
         return (prefixed + unprefixed) or cls.sampler_specs(preset)
-    try:
-        methods = instance.sampler_methods()
-        unprefixed = tuple(spec for spec in unprefixed if spec.method in methods)
-    except Exception:  # the plugin's fault: its cell fails in execution and is recorded
-        return (prefixed + unprefixed) or cls.sampler_specs(preset)
+    unprefixed = tuple(spec for spec in unprefixed if spec.method in methods)
     if prefixed or unprefixed:  # the user's choice: a bad spec is refused before any work
         return tuple(spec for spec, _ in bind(instance, prefixed + unprefixed).values())
     defaults = cls.sampler_specs(preset)
@@ -188,6 +188,7 @@ def _instance(cls: type, config: ModelConfig, channels: int) -> Any:
 
 
 def _methods(instance: Any) -> Any:
+    """The instance's sampler methods; None when there is no instance or the plugin fails to say."""
     try:
         return instance.sampler_methods() if instance is not None else None
     except KeyboardInterrupt:
@@ -246,7 +247,7 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
             methods = _methods(instance)
             unmatched -= set(methods or ())
             all_built = all_built and methods is not None
-            samplers = choose_samplers(cls, instance, base.name, name, request.samplers)
+            samplers = choose_samplers(cls, instance, base.name, [name], request.samplers)
             row_model = f"{name}[{label}]" if label else name
             models[row_model] = ModelPlan(config, preset, registries.models.provider(name), model_precision, name, label,
                                           samplers)
@@ -306,8 +307,7 @@ def plan_eval(request: RunRequest, registries: Registries, manifest: dict[str, A
             preset = preset.capped(cap)
         instance = _instance(cls, config, dataset.channels)
         unmatched -= set(_methods(instance) or ())
-        samplers = choose_samplers(cls, instance, base.name, row_model, request.samplers) \
-            if row_model in request.samplers else choose_samplers(cls, instance, base.name, name, request.samplers)
+        samplers = choose_samplers(cls, instance, base.name, [row_model, name], request.samplers)
         variant = entry.get("variant", "")
         models[row_model] = ModelPlan(config, preset, provider, entry.get("precision", "fp32"), name, variant, samplers)
         seeds = sorted(recorded_seeds.get(row_model, set()))
@@ -318,9 +318,8 @@ def plan_eval(request: RunRequest, registries: Registries, manifest: dict[str, A
                        evaluate_only=True) for seed in seeds]
     if unmatched:
         raise TrilemmaError(f"--sampler: no model evaluated here has the method(s) {', '.join(sorted(unmatched))}")
-    from trilemma.rundir import RunDirectory
-
-    untrained = [cell.label for cell in cells if not RunDirectory(request.out_dir).checkpoint(cell.row_model, cell.seed).exists()]
+    run_dir = RunDirectory(request.out_dir)
+    untrained = [cell.label for cell in cells if not run_dir.checkpoint(cell.row_model, cell.seed).exists()]
     if untrained:
         raise TrilemmaError(f"{request.out_dir}: no checkpoint of {', '.join(untrained)} (removed, or the run never "
                             "finished it); `trilemma run ... --resume --out` it first, or leave it out of eval")

@@ -65,13 +65,11 @@ class ResultsTable:
         """The identities the rows of (model, seed) were trained as ("" for rows from before identities)."""
         return {_text(r.get("identity")) for r in self.rows_of(model, seed)}
 
-    def finished(self, model: str, seed: int, identity: str | None = None, samplers: Sequence[str] = ()) -> bool:
-        """True when (model, seed) has rows, all of them succeeded, all were trained as ``identity``
-        (when given) and every sampler in ``samplers`` has its row."""
+    def finished(self, model: str, seed: int, samplers: Sequence[str] = ()) -> bool:
+        """True when (model, seed) has rows, all of them succeeded, and every sampler in ``samplers``
+        has its row (whether they were trained as the cell asks is ``runner.recorded_state``'s question)."""
         rows = self.rows_of(model, seed)
         if not rows or any(r["status"] != OK for r in rows):
-            return False
-        if identity is not None and self.recorded_identities(model, seed) != {identity}:
             return False
         return set(samplers) <= {str(r["sampler"]) for r in rows}
 

@@ -105,7 +105,7 @@ def cells_to_run(cells: list[Cell], table: ResultsTable, request: RunRequest, lo
     todo = []
     for cell in cells:
         wanted = [SamplerSpec.parse(s).name for s in cell.samplers]
-        if cell not in changed and table.finished(cell.row_model, cell.seed, None, wanted):
+        if cell not in changed and table.finished(cell.row_model, cell.seed, wanted):
             log(f"{cell.label}: already finished, skipped (--resume)")
             continue
         if cell in changed:
