@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch_fidelity
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-from trilemma.classifier import FEATURE_DIM, classifier_info, file_sha256, load_classifier
+from trilemma.classifier import FEATURE_DIM, classifier_info, file_sha256
 from trilemma.columns import Column
 from trilemma.errors import TrilemmaError
 from trilemma.hookspecs import hookimpl
@@ -34,38 +32,12 @@ INCEPTION_CACHE_FILE = "weights-inception-2015-12-05-6726825d.pth"
 KID_SUBSET_SIZE = 1000
 
 
-class MnistClassifierExtractor(FeatureExtractorBase):
-    """The pinned MNIST classifier as a torch-fidelity feature extractor (uint8 N×1×H×W in)."""
-
-    def __init__(self, name: str, features_list: list[str], **kwargs: Any) -> None:
-        super().__init__(name, features_list)
-        self.classifier = load_classifier("cpu")
-
-    @staticmethod
-    def get_provided_features_list() -> tuple[str, ...]:
-        return ("features", "logits")
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric: str) -> str:
-        return {"isc": "logits", "fid": "features", "kid": "features", "prc": "features"}[metric]
-
-    @staticmethod
-    def can_be_compiled() -> bool:
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile() -> torch.Tensor:
-        return torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        features, logits = self.classifier.features_and_logits(x.float() / 255)
-        found = {"features": features, "logits": logits}
-        return tuple(found[name] for name in self.features_list)
-
-
 def register_extractor() -> None:
     """Register the classifier with torch-fidelity once, on first use (no import-time side effects)."""
+    import torch_fidelity
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    from trilemma.metrics.fidelity_extractor import MnistClassifierExtractor
 
     if MNIST_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
         torch_fidelity.register_feature_extractor(MNIST_EXTRACTOR, MnistClassifierExtractor)
@@ -130,6 +102,8 @@ def compute_fidelity(generated: torch.Tensor, real: torch.Tensor, *, extractor: 
     if weights_path is not None:
         kwargs["feature_extractor_weights_path"] = str(weights_path)
     with contextlib.redirect_stdout(io.StringIO()):
+        import torch_fidelity
+
         raw = torch_fidelity.calculate_metrics(**kwargs)
     names = {"fid": "frechet_inception_distance", "is_mean": "inception_score_mean", "is_std": "inception_score_std",
              "kid_mean": "kernel_inception_distance_mean", "kid_std": "kernel_inception_distance_std",
@@ -203,18 +177,21 @@ class FidelityMetric(Metric):
         return row
 
     def protocol(self, ctx: EvalContext) -> dict[str, Any]:
+        from importlib.metadata import version
+
+        library = f"torch-fidelity {version('torch-fidelity')}"
         info = classifier_info()
         weights = inception_weights(ctx.settings.get("inception_weights"))
         inception = (f"{weights.name} (SHA-256 {file_sha256(weights)[:16]}…): first {ctx.preset.eval_samples} real "
                      "images of the split, 3 repeated channels" if weights else "skipped: no weights")
         real = len(ctx.data[self.reference_split].labels)
         return {
-            "summary": f"torch-fidelity {torch_fidelity.__version__}; input 1 = generated samples, input 2 = real "
+            "summary": f"{library}; input 1 = generated samples, input 2 = real "
                        f"{ctx.dataset.name} {self.reference_split} split ({real} images); {ctx.preset.eval_samples} "
                        f"generated samples per row; extractor {MNIST_EXTRACTOR} (SHA-256 {info.sha256[:16]}…, test "
                        f"accuracy {info.test_accuracy}); KID subset {min(KID_SUBSET_SIZE, ctx.preset.eval_samples)}; "
                        f"Inception: {inception}",
-            "library": f"torch-fidelity {torch_fidelity.__version__}",
+            "library": library,
             "input1": "generated samples", "input2": f"real {ctx.dataset.name} {self.reference_split} split",
             "extractor": MNIST_EXTRACTOR, "extractor_sha256": info.sha256,
             "extractor_test_accuracy": info.test_accuracy,
