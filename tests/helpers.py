@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+#: The fake models (tests/fake_models.py) as source, for tests that install them as a distribution.
+FAKES_SOURCE = (REPO / "tests" / "fake_models.py").read_text()
 
 
 def write_installed_plugin(site: Path, dist: str, entry_name: str, module: str, source: str, version: str = "0.0.1") -> None:

@@ -10,9 +10,9 @@ import time
 
 import pandas as pd
 import pytest
-from helpers import REPO, cli_env, trilemma_cli, write_installed_plugin
+from helpers import FAKES_SOURCE, cli_env, trilemma_cli, write_installed_plugin
 
-FAKES = (REPO / "tests" / "fake_models.py").read_text()
+FAKES = FAKES_SOURCE
 # A model that says which process trains it, so a test can kill that worker mid-cell.
 VICTIM = textwrap.dedent('''
     import os, time

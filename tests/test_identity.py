@@ -209,3 +209,48 @@ def test_eval_never_trains_and_keeps_rows_it_cannot_evaluate(fake_registries, tm
     failed = rows(out)
     assert list(failed["status"]) == ["failed"] and "unreadable" in failed["error"].iloc[0]
     assert checkpoint.stat().st_size == 300
+
+
+def test_a_plugin_upgrade_is_another_identity_for_resume_and_eval(tmp_path):
+    """A stranger's installed package: rows trained by 0.0.1 are neither skipped by --resume nor
+    evaluated by eval once 0.0.2 is installed (its code may sample differently)."""
+    from helpers import FAKES_SOURCE, cli_env, trilemma_cli, write_installed_plugin
+
+    out = tmp_path / "run"
+    for version in ("0.0.1", "0.0.2"):
+        site = tmp_path / f"site-{version}"
+        write_installed_plugin(site, "trilemma-stranger", "stranger", "trilemma_stranger", FAKES_SOURCE, version)
+    old, new = (cli_env(tmp_path / f"site-{v}", allow="stranger") for v in ("0.0.1", "0.0.2"))
+    args = ["run", "tiny-steps", *SMOKE, "--out", str(out)]
+    assert trilemma_cli(*args, env=old).returncode == 0
+    assert manifest(out)["models"]["tiny-steps"]["distribution"] == "trilemma-stranger 0.0.1"
+    resumed = trilemma_cli(*args, "--resume", env=new)
+    assert resumed.returncode == 2 and "already has rows" in resumed.stderr
+    evaluated = trilemma_cli("eval", str(out), "--sampler", "loop:steps=2", env=new)
+    assert evaluated.returncode == 2
+    assert "trained with trilemma-stranger 0.0.1 and trilemma-stranger 0.0.2 is installed" in evaluated.stderr
+    assert trilemma_cli("eval", str(out), "--sampler", "loop:steps=2", "--no-progress", env=old).returncode == 0
+    assert sorted(rows(out)["sampler"]) == ["loop-1", "loop-2", "loop-3"]
+
+
+def test_a_metric_cannot_fill_the_identity_columns(fake_registries):
+    import trilemma
+    from trilemma.columns import Column
+    from trilemma.metrics import Metric
+    from trilemma.plugins import collect, get_plugin_manager
+
+    class Forger(Metric):
+        name = "forger"
+        columns = (Column("identity"), Column("sampler_spec"))
+
+        def compute(self, ctx):
+            return {"identity": "0" * 12}
+
+    class Plugin:
+        @trilemma.hookimpl
+        def register_metrics(self, register):
+            register(Forger())
+
+    registries = collect(get_plugin_manager({"forger": Plugin()}))
+    assert "forger" not in registries.metrics
+    assert any("identity" in str(conflict) for conflict in registries.conflicts())

@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import REPO, cli_env, trilemma_cli, write_installed_plugin
+from helpers import FAKES_SOURCE, cli_env, trilemma_cli, write_installed_plugin
 
 from trilemma.metrics.density import density_coverage
 from trilemma.metrics.features import classifier_outputs
 from trilemma.metrics.knn import nearest_distances
 from trilemma.metrics.memorization import mann_whitney_z
 
-FAKES = (REPO / "tests" / "fake_models.py").read_text()
+FAKES = FAKES_SOURCE
 
 
 def numpy_density_coverage(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:

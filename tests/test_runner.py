@@ -3,10 +3,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
-from helpers import REPO, cli_env, write_installed_plugin
+from helpers import FAKES_SOURCE, REPO, cli_env, write_installed_plugin
 
 from trilemma.cli import main
 from trilemma.columns import declared_columns
@@ -61,7 +60,7 @@ def test_set_overrides_reach_the_config(fake_registries, tmp_path):
     assert rows["params"].iloc[0] == 4 * 16 + 16 + 16 * 784 + 784
 
 
-FAKE_SOURCE = (Path(__file__).parent / "fake_models.py").read_text()
+FAKE_SOURCE = FAKES_SOURCE
 
 
 def test_killed_run_keeps_finished_rows_and_resume_skips_them(tmp_path):

@@ -12,14 +12,14 @@ import time
 import pandas as pd
 import pytest
 import torch
-from helpers import REPO, cli_env, trilemma_cli, write_installed_plugin
+from helpers import FAKES_SOURCE, REPO, cli_env, trilemma_cli, write_installed_plugin
 
 from trilemma.cli import main
 from trilemma.results import OK
 from trilemma.rundir import RunDirectory
 from trilemma.train import Budget, train
 
-FAKES = (REPO / "tests" / "fake_models.py").read_text()
+FAKES = FAKES_SOURCE
 GOOD = textwrap.dedent('''
     import trilemma
     from trilemma_fakes import Tiny

@@ -7,12 +7,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 import pandas as pd
 import pytest
-from helpers import REPO, cli_env, trilemma_cli, write_installed_plugin
+from helpers import FAKES_SOURCE, REPO, cli_env, trilemma_cli, write_installed_plugin
 
 import trilemma
 from trilemma.plugins import FIRST_PARTY_DISTRIBUTIONS, collect, get_plugin_manager
 
-FAKES = (REPO / "tests" / "fake_models.py").read_text()
+FAKES = FAKES_SOURCE
 
 # Its entry point sorts first ("aaa"), it asks to run first and to wrap, and it wants our names and columns.
 THIEF = textwrap.dedent('''
