@@ -127,3 +127,24 @@ def test_the_same_preset_and_seed_give_the_same_numbers_under_load(tmp_path):
     for column in ("fid", "is_mean", "kid_mean", "precision", "recall", "modes_covered", "kl_to_test", "kl_to_uniform"):
         assert a[column] == b[column], column
     assert b["train_seconds"] > a["train_seconds"]  # the load was real: time is the cost that moved
+
+
+def test_the_budget_and_the_evaluation_protocol_are_typed_objects_and_the_protocol_is_versioned(tmp_path):
+    from trilemma.presets import EVAL_PROTOCOL_VERSION, PRESETS, EvalProtocol, TrainingBudget
+    from trilemma.report_protocol import protocol_differences
+
+    quick = PRESETS["quick"]
+    assert isinstance(quick.budget, TrainingBudget) and isinstance(quick.evaluation, EvalProtocol)
+    assert (quick.steps, quick.eval_samples) == (quick.budget.steps, quick.evaluation.eval_samples)
+    changed = quick.with_budget({"train_steps": 7}, where="model 'x', ")
+    assert changed.steps == 7 and changed.train_images is None and changed.evaluation == quick.evaluation
+    with pytest.raises(TrilemmaError, match="eval_samples"):
+        quick.with_budget({"eval_samples": 10})  # a model changes its budget, never the evaluation
+    with pytest.raises(TrilemmaError, match="speed_batch_sizes is empty"):
+        EvalProtocol(10, 10, (), 1, 10)
+    with pytest.raises(TrilemmaError, match="one of them"):
+        TrainingBudget(train_images=10, train_steps=10, batch_size=1, checkpoint_every=1)
+    recorded = {"evaluation_protocol": {"version": EVAL_PROTOCOL_VERSION}}
+    assert protocol_differences([recorded, {}]) == []  # a run from before versions is version 1
+    assert protocol_differences([recorded, {"evaluation_protocol": {"version": 2}}]) == [
+        "evaluation_protocol.version: 1 vs 2"]

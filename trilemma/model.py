@@ -67,6 +67,16 @@ class ModelConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelPreset:
+    """A model's settings for one preset: config values, changes to the preset's training budget
+    (``train_images`` or ``train_steps``, ``batch_size``), and the samplers evaluated."""
+
+    config: Mapping[str, Any]
+    budget: Mapping[str, Any]
+    samplers: tuple[SamplerSpec, ...]
+
+
 class GenerativeModel(nn.Module):
     """Base class of every model plugin.
 
@@ -130,9 +140,17 @@ class GenerativeModel(nn.Module):
         return {"default": self.sample}
 
     @classmethod
+    def preset_settings(cls, preset: str) -> ModelPreset:
+        """The model's settings for ``preset``, typed (its ``presets`` entry, checked at registration)."""
+        settings = cls.presets.get(preset, {})
+        samplers = settings.get("samplers")
+        return ModelPreset(dict(settings.get("config", {})), dict(settings.get("budget", {})),
+                           specs(samplers) if samplers is not None else specs(cls.samplers))
+
+    @classmethod
     def sampler_specs(cls, preset: str) -> tuple[SamplerSpec, ...]:
         """The samplers evaluated under ``preset`` when the user names none."""
-        return specs(cls.presets.get(preset, {}).get("samplers", cls.samplers))
+        return cls.preset_settings(preset).samplers
 
     @classmethod
     def declaration_problem(cls) -> str | None:
@@ -189,6 +207,6 @@ class GenerativeModel(nn.Module):
 
 def resolve_config(model_class: type[GenerativeModel], preset: str, overrides: Mapping[str, Any]) -> ModelConfig:
     """The model's defaults, then its preset's ``config``, then command-line overrides."""
-    preset_values = model_class.presets.get(preset, {}).get("config", {})  # checked at registration
+    preset_values = model_class.preset_settings(preset).config  # checked at registration
     base = model_class.Config.from_dict(preset_values, where=f"{model_class.name} preset {preset}")
     return base.replace(overrides, where=model_class.name)

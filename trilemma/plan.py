@@ -226,7 +226,7 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
         if dataset.channels not in cls.data_channels:
             raise TrilemmaError(f"model {name!r} cannot train on {dataset.name} ({dataset.channels} channels)")
         try:
-            preset = base.with_budget(cls.presets.get(base.name, {}).get("budget", {}), where=f"model {name!r}, ")
+            preset = base.with_budget(cls.preset_settings(base.name).budget, where=f"model {name!r}, ")
             variants = [(label, {**request.overrides.get(name, {}), **changes})
                         for label, changes in sweep_variants(request.sweeps.get(name, {}))]
             configs = [(label, resolve_config(cls, base.name, overrides)) for label, overrides in variants]

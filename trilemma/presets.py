@@ -1,4 +1,5 @@
-"""Named run sizes: how much each model trains and how many samples each metric sees.
+"""Named run sizes: a training budget (how much each model trains) and an evaluation protocol (how
+many samples each metric sees, how speed is timed), two typed, validated objects.
 
 Budgets are work, never wall time: training images (or, where a model says so, optimizer steps),
 so a preset and a seed give the same numbers on a fast, slow or busy machine. A wall-time cap is
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trilemma.errors import TrilemmaError
@@ -20,46 +21,36 @@ PRECISIONS = ("auto", "fp32", "bf16")
 BUDGET_KEYS = ("train_images", "train_steps", "batch_size")
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A run size. A model may set ``train_images`` (or ``train_steps``) and ``batch_size`` for a
-    preset through its ``presets[name]["budget"]``; setting one of the two budgets clears the other."""
+def _whole(where: str, name: str, low: int, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise TrilemmaError(f"{where}: {name} must be a whole number ≥ {low}, got {value!r}")
 
-    name: str
-    train_images: int | None  # train on this many images (steps = ⌈images / batch size⌉)
-    train_steps: int | None  # or for this many optimizer steps, where a model counts in steps
+
+@dataclass(frozen=True)
+class TrainingBudget:
+    """How much a model trains: ``train_images`` (steps = ⌈images / batch size⌉) or ``train_steps``,
+    one of the two; checkpoints every ``checkpoint_every`` steps. Work, never wall time:
+    ``train_seconds`` is only ever the user's explicit cap (``--train-seconds``)."""
+
+    train_images: int | None
+    train_steps: int | None
     batch_size: int
-    eval_samples: int  # generated samples per (model, sampler) for quality and coverage
-    stacked_samples: int  # generated samples for Stacked-MNIST coverage (PacGAN: 26,000)
-    speed_batch_sizes: tuple[int, ...]  # batch sizes for wall time per sample
-    speed_repeats: int  # timed repeats per batch size, after one warm-up
-    sample_batch_size: int  # batch size when generating the evaluation samples
-    checkpoint_every: int  # steps between checkpoints
-    train_seconds: float | None = None  # a wall-time cap: only ever set by the user (--train-seconds)
-    description: str = ""
+    checkpoint_every: int
+    train_seconds: float | None = None
+    where: str = field(default="budget", compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        def whole(name: str, low: int, value: Any) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise TrilemmaError(f"preset {self.name}: {name} must be a whole number ≥ {low}, got {value!r}")
-
         if (self.train_images is None) == (self.train_steps is None):
-            raise TrilemmaError(f"preset {self.name}: a budget needs train_images or train_steps (one of them)")
-        if self.train_images is not None:
-            whole("train_images", 1, self.train_images)
-        if self.train_steps is not None:
-            whole("train_steps", 1, self.train_steps)
+            raise TrilemmaError(f"{self.where}: a budget needs train_images or train_steps (one of them)")
+        for name in ("train_images", "train_steps"):
+            if getattr(self, name) is not None:
+                _whole(self.where, name, 1, getattr(self, name))
+        _whole(self.where, "batch_size", 1, self.batch_size)
+        _whole(self.where, "checkpoint_every", 1, self.checkpoint_every)
         if self.train_seconds is not None and (
                 isinstance(self.train_seconds, bool) or not isinstance(self.train_seconds, (int, float))
                 or not math.isfinite(self.train_seconds) or self.train_seconds <= 0):
-            raise TrilemmaError(f"preset {self.name}: train_seconds must be a number > 0, got {self.train_seconds!r}")
-        for name, low in (("batch_size", 1), ("eval_samples", 2), ("stacked_samples", 2), ("sample_batch_size", 1),
-                          ("speed_repeats", 1), ("checkpoint_every", 1)):
-            whole(name, low, getattr(self, name))
-        if not self.speed_batch_sizes:
-            raise TrilemmaError(f"preset {self.name}: speed_batch_sizes is empty")
-        for size in self.speed_batch_sizes:
-            whole("speed_batch_sizes", 1, size)
+            raise TrilemmaError(f"{self.where}: train_seconds must be a number > 0, got {self.train_seconds!r}")
 
     @property
     def steps(self) -> int:
@@ -75,10 +66,9 @@ class Preset:
             return f"{self.train_steps:,} steps of {self.batch_size}"
         return f"{self.train_images:,} images ({self.steps:,} steps of {self.batch_size})"
 
-    def with_budget(self, overrides: Mapping[str, Any], where: str = "") -> Preset:
-        """This preset with some of ``train_images``, ``train_steps`` and ``batch_size`` replaced
-        (a model's budget); anything else, or a value out of range, is a ``TrilemmaError`` naming
-        ``where``."""
+    def with_changes(self, overrides: Mapping[str, Any], where: str = "") -> TrainingBudget:
+        """This budget with some of ``train_images``, ``train_steps`` and ``batch_size`` replaced (a
+        model's budget, the command line's); setting one of the two amounts clears the other."""
         unknown = set(overrides) - set(BUDGET_KEYS)
         if unknown:
             hint = "; budgets are work, not time (--train-seconds is the user's cap)" if "train_seconds" in unknown else ""
@@ -88,30 +78,99 @@ class Preset:
             changes["train_steps"] = None
         elif "train_steps" in changes and "train_images" not in changes:
             changes["train_images"] = None
-        try:
-            return replace(self, **changes)
-        except TrilemmaError as exc:
-            raise TrilemmaError(f"{where}{exc}") from None
+        return replace(self, **changes, where=f"{where}{self.where}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"train_images": self.train_images, "train_steps": self.steps, "batch_size": self.batch_size,
+                "checkpoint_every": self.checkpoint_every, "train_seconds_cap": self.train_seconds}
+
+
+#: Bumped whenever what an evaluation number means changes (a sample count's role, a timing rule);
+#: runs of different versions are not pooled or compared without --force.
+EVAL_PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How a trained model is evaluated: generated samples per row for quality and coverage
+    (``eval_samples``; ``stacked_samples`` for Stacked-MNIST coverage, PacGAN's 26,000), the batch
+    they are drawn in, and the batch sizes and repeats of the speed timing."""
+
+    eval_samples: int
+    stacked_samples: int
+    speed_batch_sizes: tuple[int, ...]
+    speed_repeats: int
+    sample_batch_size: int
+    version: int = EVAL_PROTOCOL_VERSION
+    where: str = field(default="evaluation", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name, low in (("eval_samples", 2), ("stacked_samples", 2), ("sample_batch_size", 1), ("speed_repeats", 1)):
+            _whole(self.where, name, low, getattr(self, name))
+        if not self.speed_batch_sizes:
+            raise TrilemmaError(f"{self.where}: speed_batch_sizes is empty")
+        for size in self.speed_batch_sizes:
+            _whole(self.where, "speed_batch_sizes", 1, size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("version", "eval_samples", "stacked_samples", "sample_batch_size",
+                                              "speed_batch_sizes", "speed_repeats")}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named run size: a training budget (which a model's ``presets[name]["budget"]`` and the
+    command line may change) and an evaluation protocol (which they may not). The budget's and the
+    protocol's fields read through (``preset.steps``, ``preset.eval_samples``)."""
+
+    name: str
+    budget: TrainingBudget
+    evaluation: EvalProtocol
+    description: str = ""
+
+    def __getattr__(self, attribute: str) -> Any:
+        for part in ("budget", "evaluation"):
+            if attribute in _READ_THROUGH[part]:
+                return getattr(object.__getattribute__(self, part), attribute)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attribute!r}")
+
+    def with_budget(self, overrides: Mapping[str, Any], where: str = "") -> Preset:
+        """This preset with some of the budget's ``train_images``, ``train_steps`` and ``batch_size``
+        replaced; anything else, or a value out of range, is a ``TrilemmaError`` naming ``where``."""
+        return replace(self, budget=self.budget.with_changes(overrides, where))
 
     def capped(self, seconds: float) -> Preset:
         """This preset under a wall-time cap (the user's ``--train-seconds``)."""
-        return replace(self, train_seconds=seconds)
+        return replace(self, budget=replace(self.budget, train_seconds=seconds))
+
+
+_READ_THROUGH = {
+    "budget": ("train_images", "train_steps", "batch_size", "checkpoint_every", "train_seconds", "steps", "work"),
+    "evaluation": ("eval_samples", "stacked_samples", "speed_batch_sizes", "speed_repeats", "sample_batch_size"),
+}
+
+
+def _preset(name: str, description: str, *, eval_samples: int, stacked_samples: int,
+            speed_batch_sizes: tuple[int, ...], speed_repeats: int, sample_batch_size: int, **budget: Any) -> Preset:
+    return Preset(name, TrainingBudget(**budget, where=f"preset {name}"),
+                  EvalProtocol(eval_samples, stacked_samples, speed_batch_sizes, speed_repeats, sample_batch_size,
+                               where=f"preset {name}"), description)
 
 
 PRESETS: dict[str, Preset] = {
-    "smoke": Preset("smoke", train_images=None, train_steps=3, batch_size=16, eval_samples=200,
-                    stacked_samples=200, speed_batch_sizes=(8,), speed_repeats=1, sample_batch_size=32,
-                    checkpoint_every=1000, description="seconds; for tests"),
-    "quick": Preset("quick", train_images=32_000, train_steps=None, batch_size=128, eval_samples=1000,
-                    stacked_samples=26000, speed_batch_sizes=(1, 64), speed_repeats=2, sample_batch_size=500,
-                    checkpoint_every=500, description="every built-in model within about 30 minutes on a 2-core CPU"),
-    "standard": Preset("standard", train_images=1_000_000, train_steps=None, batch_size=128, eval_samples=10000,
-                       stacked_samples=26000, speed_batch_sizes=(1, 64, 256), speed_repeats=3,
-                       sample_batch_size=1000, checkpoint_every=2000,
-                       description="GPU: every built-in model within about 10 minutes on one H100"),
-    "paper": Preset("paper", train_images=20_000_000, train_steps=None, batch_size=128, eval_samples=50000,
-                    stacked_samples=26000, speed_batch_sizes=(1, 64, 256), speed_repeats=5,
-                    sample_batch_size=1000, checkpoint_every=5000, description="long runs"),
+    "smoke": _preset("smoke", "seconds; for tests", train_images=None, train_steps=3, batch_size=16,
+                     checkpoint_every=1000, eval_samples=200, stacked_samples=200, speed_batch_sizes=(8,),
+                     speed_repeats=1, sample_batch_size=32),
+    "quick": _preset("quick", "every built-in model within about 30 minutes on a 2-core CPU", train_images=32_000,
+                     train_steps=None, batch_size=128, checkpoint_every=500, eval_samples=1000, stacked_samples=26000,
+                     speed_batch_sizes=(1, 64), speed_repeats=2, sample_batch_size=500),
+    "standard": _preset("standard", "GPU: every built-in model within about 10 minutes on one H100",
+                        train_images=1_000_000, train_steps=None, batch_size=128, checkpoint_every=2000,
+                        eval_samples=10000, stacked_samples=26000, speed_batch_sizes=(1, 64, 256), speed_repeats=3,
+                        sample_batch_size=1000),
+    "paper": _preset("paper", "long runs", train_images=20_000_000, train_steps=None, batch_size=128,
+                     checkpoint_every=5000, eval_samples=50000, stacked_samples=26000, speed_batch_sizes=(1, 64, 256),
+                     speed_repeats=5, sample_batch_size=1000),
 }
 PRESET_CHOICES = (*PRESETS, "auto")
 

@@ -12,6 +12,7 @@ from trilemma.environment import describe_device, library_versions
 from trilemma.execute import CellOutcome
 from trilemma.plan import Cell, Plan, RunRequest
 from trilemma.plugins import Registries
+from trilemma.presets import get_preset
 from trilemma.results import ResultsTable
 from trilemma.rundir import RunDirectory
 from trilemma.seeds import SEED_OFFSETS
@@ -121,6 +122,7 @@ class Recorder:
                 "preset": plan.preset,
                 "training": {"budget": "work: training images (or steps), never wall time",
                              "precision": plan.precision, "train_seconds_cap": plan.train_seconds_cap},
+                "evaluation_protocol": get_preset(plan.preset, plan.device.type).evaluation.to_dict(),
                 "models": models,
                 "identities": identities,
                 "metrics": metrics,
