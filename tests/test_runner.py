@@ -5,6 +5,7 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 from helpers import FAKES_SOURCE, REPO, cli_env, write_installed_plugin
 
 from trilemma.cli import main
@@ -116,7 +117,10 @@ def test_a_sweep_trains_one_model_row_per_variant_and_resumes_per_cell(fake_regi
     expected = [f"tiny[hidden={h},lr={lr}]" for h in (4, 8) for lr in (0.01, 0.02)]
     assert sorted(rows.index) == sorted(expected)
     assert rows.loc["tiny[hidden=8,lr=0.01]", "params"] == 4 * 8 + 8 + 8 * 784 + 784
-    assert (rows["nfe"] == 2).all()  # --set applies to every variant
+    assert (rows["nfe_hooks"] == 2).all()  # --set applies to every variant
+    # four dead-ReLU hidden units map many latents to one image: NFE is per distinct sample, and said
+    narrow = rows.loc["tiny[hidden=4,lr=0.01]"]
+    assert narrow["nfe"] == pytest.approx(2 / narrow["distinct_share"]) and "duplicates" in narrow["count_flags"]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     variant = manifest["models"]["tiny[hidden=4,lr=0.02]"]
     assert variant["config"]["hidden"] == 4 and variant["config"]["lr"] == 0.02 and variant["registry_name"] == "tiny"

@@ -48,5 +48,5 @@ def test_files_are_replaced_only_through_the_atomic_writer(tmp_path):
 def test_seed_offsets_are_declared_in_one_table():
     literal = re.compile(r"seed\s*\+\s*\d+")
     assert {name for name, text in SOURCES.items() if literal.search(text)} == set()
-    assert derived_seed(10, "nfe_probe") == 10 + SEED_OFFSETS["nfe_probe"]
+    assert derived_seed(10, "train_flop_steps") == 10 + SEED_OFFSETS["train_flop_steps"]
     assert len(set(SEED_OFFSETS.values()) - {0}) == len([v for v in SEED_OFFSETS.values() if v])  # no two share one

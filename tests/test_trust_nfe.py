@@ -9,7 +9,7 @@ import torch
 from helpers import cli_env, trilemma_cli, write_installed_plugin
 from torch import nn
 
-from trilemma.nfe import NFECounter, batch_items, check_nfe
+from trilemma.nfe import DrawCounter, NFECounter, batch_items
 
 # Each model evaluates its 784→784 network three times per sample, in a different way.
 SNEAKY = textwrap.dedent('''
@@ -176,7 +176,25 @@ def test_list_shows_both_counts_for_every_sampler(sneaky_run):
     assert listed.stdout.count("mismatch") >= 4
 
 
-def test_check_nfe_sees_through_compile_trace_and_direct_calls():
+class Holder(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def sampling_networks(self):
+        return [self.net]
+
+
+def count_draw(net, sampler, sizes=(4, 1)):
+    """A draw counted as the harness counts one: batches of ``sizes``."""
+    counter = DrawCounter(Holder(net))
+    with torch.no_grad(), counter.counting():
+        for size in sizes:
+            counter.call(sampler, size, None)
+    return counter.result()
+
+
+def test_counting_sees_through_compile_trace_and_direct_calls():
     net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 16))
 
     def run(call):
@@ -185,7 +203,7 @@ def test_check_nfe_sees_through_compile_trace_and_direct_calls():
             for _ in range(3):
                 x = call(x)
             return x
-        return check_nfe([net], sampler, 4)
+        return count_draw(net, sampler)
 
     assert run(net).agree and run(net).hook_nfe == 3
     assert not run(net.forward).agree and run(net.forward).hook_nfe == 0
@@ -196,12 +214,24 @@ def test_check_nfe_sees_through_compile_trace_and_direct_calls():
     assert check.agree and check.hook_nfe == 3 and check.flop_nfe == pytest.approx(3)
 
 
-def test_nested_listed_networks_are_one_evaluation_and_the_batch_is_the_largest_leading_dim():
+def test_the_innermost_listed_calls_are_the_evaluations_and_the_batch_is_the_largest_leading_dim():
     outer = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     counter = NFECounter([outer, outer[0]])
     with counter.counting():
-        outer(torch.zeros(5, 4))
+        outer(torch.zeros(5, 4))  # one evaluation: the listed wrapper calls its listed first layer once
     assert counter.calls == 1 and counter.items == 5
+    repeat = nn.Linear(4, 4)
+
+    class Loop(nn.Module):
+        def forward(self, x):
+            for _ in range(3):
+                x = repeat(x)
+            return x
+
+    counter = NFECounter([Loop(), repeat])
+    with counter.counting():
+        counter.networks[0](torch.zeros(5, 4))
+    assert counter.calls == 3 and counter.items == 15
     assert batch_items((torch.zeros(1), torch.zeros(7, 3)), {}) == 7
     assert batch_items((torch.tensor(2.0),), {"x": torch.zeros(6, 2)}) == 6
     assert batch_items(([torch.zeros(9, 2), torch.zeros(9, 4)],), {}) == 9  # a list of latents

@@ -171,11 +171,20 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
     return parser
 
 
-def cmd_list(registries: Registries, check: bool = False) -> int:
-    from trilemma.nfe import check_model_samplers
+COUNTING_NOTE = """\
+  counted: calls of sampling_networks() through their forward hooks (innermost listed calls, weighted by
+  batch size) and, independently, every matmul/conv/attention FLOP of the draw over one counted item's
+  FLOPs; the parameters the draw used; weights handed out of torch; duplicates; the count of one sample
+  drawn alone. Not defensible in-process: work done before the draw (in training or at build time) and
+  stored, and work outside torch on copies made before the draw (docs/plugin-hooks.md, "What is counted")."""
 
-    print("models (samplers at the smoke config: NFE counted by hooks / implied by FLOPs, GFLOP per sample):"
-          if check else "models (with their smoke samplers; `trilemma list --check` counts their NFE):")
+
+def cmd_list(registries: Registries, check: bool = False) -> int:
+    from trilemma.sampling import check_model_samplers
+
+    print("models (samplers at the smoke config, drawn as a run draws them, a batch of 2 then 1 sample alone: "
+          "NFE counted by hooks / implied by FLOPs, GFLOP per sample):" if check
+          else "models (with their smoke samplers; `trilemma list --check` counts their NFE):")
     for entry in registries.models.entries():
         print(f"  {entry.name:<22} {entry.provider}")
         if not check:
@@ -193,8 +202,11 @@ def cmd_list(registries: Registries, check: bool = False) -> int:
             print(f"      NFE check failed: {type(exc).__name__}: {exc}")
             continue
         for sampler, check in checks.items():
+            flags = f"   flagged: {', '.join(check.flags)}" if check.flags else ""
             print(f"      {sampler:<18} NFE {check.hook_nfe:g} / {check.flop_nfe:.4g}   "
-                  f"{check.gflop_per_sample:.4g} GFLOP   {check.verdict}")
+                  f"{check.gflop_per_sample:.4g} GFLOP   {check.verdict}{flags}")
+    if check:
+        print(COUNTING_NOTE)
     print("metrics:")
     for entry in registries.metrics.entries():
         columns = ", ".join(c.heading for c in entry.item.columns)

@@ -69,7 +69,8 @@ HARNESS_COST = (
     Column("train_steps", description="optimizer updates"),
     Column("train_seconds", headline=True, title="train s", fmt="{:.0f}", description="training wall time (a cost)"),
     Column("train_images_per_s", better="higher", headline=True, title="train img/s", fmt="{:.0f}"),
-    Column("train_gflop_per_step", description="FLOPs of one training step (torch.utils.flop_counter), GFLOP"),
+    Column("train_gflop_per_step", description="mean FLOPs of the real training steps counted under "
+                                                "torch.utils.flop_counter (up to 16, spread over the run), GFLOP"),
     Column("train_gflops", better="higher", description="achieved GFLOP/s in training: FLOPs per step × steps / time"),
     Column("peak_gflops", description="the device's measured matmul peak in the training precision, GFLOP/s"),
     Column("utilisation", better="higher", headline=True, title="util.", fmt="{:.0%}",
@@ -78,7 +79,7 @@ HARNESS_COST = (
     Column("train_capped", description="True when the user's --train-seconds cap stopped training early"),
     Column("params", headline=True, title="params (all)", fmt="{:,.0f}", description="every parameter of the model"),
     Column("sampling_params", headline=True, title="params (sampling)", fmt="{:,.0f}",
-           description="parameters of sampling_networks()"),
+           description="elements of the model's parameters the scored draw used (watched, not declared)"),
     Column("peak_mem_bytes", description="peak CUDA memory in training (NaN on the CPU)"),
     Column("config_hash", description="hash of the resolved config", text=True),
     Column("identity", description="hash of what the cell was trained as, apart from its seed: model, config, "

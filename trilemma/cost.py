@@ -1,8 +1,9 @@
 """What training cost: FLOPs per step, achieved GFLOP/s, and the device's measured peak.
 
-FLOPs per step come from ``torch.utils.flop_counter`` on a few steps of a copy of the trained
-model (the model itself, its optimizers and the random state are left untouched). The peak is a
-matmul microbenchmark in the training precision, measured once per machine and cached.
+A run's FLOPs per step come from real steps of its training (``train.counted_steps``);
+``training_flops_per_step`` replays a few steps on a copy of a model, for benchmarks that time a
+model's step outside a run. The peak is a matmul microbenchmark in a precision, measured once per
+machine and cached.
 """
 
 from __future__ import annotations

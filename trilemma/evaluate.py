@@ -15,14 +15,9 @@ from trilemma.datasets import Dataset
 from trilemma.errors import BadSamples
 from trilemma.metrics import EvalContext, Metric
 from trilemma.model import GenerativeModel
-from trilemma.nfe import check_nfe
 from trilemma.presets import Preset
 from trilemma.samplers import Sampler
-from trilemma.sampling import draw, make_generator
-from trilemma.seeds import derived_seed
-
-#: Samples in the untimed probe batch on which the FLOP-based NFE is measured.
-NFE_PROBE_SAMPLES = 4
+from trilemma.sampling import draw
 
 
 class MetricsFailed(RuntimeError):
@@ -58,13 +53,10 @@ def evaluate_sampler(model: GenerativeModel, model_name: str, sampler_name: str,
     """Draw ``preset.eval_samples`` samples, save their grid, and compute every metric that applies
     to ``dataset``. Raises ``MetricsFailed`` (with the other metrics' columns) if any metric fails."""
     where = f"{model_name}/{sampler_name}"
-    model.eval()
-    probe = make_generator(model.device, derived_seed(seed, "nfe_probe"))
-    check = check_nfe(model.sampling_networks(), sampler, NFE_PROBE_SAMPLES, probe)
     samples = draw(model, sampler, preset.eval_samples, batch_size=preset.sample_batch_size,
                    seed=seed, where=where, progress=progress)
-    samples.nfe_check = check
-    if samples.nfe_per_sample == 0 or check.hook_nfe == 0:
+    check = samples.nfe_check
+    if check.hook_nfe == 0:
         raise BadSamples(f"{where} called none of its sampling_networks() through their forward hooks "
                          f"(NFE counted 0) while doing {check.gflop_per_sample:.4g} GFLOP per sample: "
                          "list the networks it evaluates in sampling_networks() and call them as net(x)")
@@ -72,7 +64,7 @@ def evaluate_sampler(model: GenerativeModel, model_name: str, sampler_name: str,
     base = EvalContext(model=model, model_name=model_name, sampler_name=sampler_name, sampler=sampler,
                        samples=samples, dataset=dataset, data=data, device=model.device, preset=preset, seed=seed,
                        cache_dir=cache_dir, log=log)
-    columns: dict[str, Any] = {}
+    columns: dict[str, Any] = {"sampling_params": check.sampling_params}  # the parameters the draw used
     protocols: dict[str, dict[str, Any]] = {}
     errors = []
     images, pristine = samples.images, samples.images.clone()

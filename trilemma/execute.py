@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from trilemma.cache import CACHE
-from trilemma.cost import device_peak_gflops, training_flops_per_step
+from trilemma.cost import device_peak_gflops
 from trilemma.data import Split
 from trilemma.datasets import Dataset
 from trilemma.environment import configure_device
@@ -142,7 +142,6 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
         torch.manual_seed(cell.seed)
         model = model_class(model_class.Config.from_dict(cell.config), channels=dataset.channels).to(device)
         base["params"] = count_parameters(model)
-        base["sampling_params"] = sum(count_parameters(net) for net in model.sampling_networks())
         budget = Budget(preset.steps, preset.train_seconds, preset.batch_size, preset.checkpoint_every, cell.precision)
         # A checkpoint here belongs to this cell (the driver cleared stale ones before a fresh run), so a
         # cell an executor retries after its worker died continues from it.
@@ -156,12 +155,7 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
             log(f"{cell.label}: training on {preset.work}{cap}, {cell.precision}, {base['params']:,} parameters")
             result = train(model, images, budget, seed=cell.seed, checkpoint=checkpoint, progress=settings.progress,
                            desc=cell.label, log=log, identity=cell.identity)
-        try:
-            flops = training_flops_per_step(model, images, budget.batch_size, budget.precision, seed=cell.seed)
-        except Exception as exc:  # the cost columns are a measurement of their own; the row stands
-            log(f"{cell.label}: could not count training FLOPs: {type(exc).__name__}: {exc}")
-            flops = math.nan
-        base.update(_train_columns(result, budget, flops,
+        base.update(_train_columns(result, budget, result.flops_per_step,
                                    device_peak_gflops(device, budget.precision, settings.cache_dir)))
         samplers = bind(model, cell_specs(cell, model_class))
     except KeyboardInterrupt:

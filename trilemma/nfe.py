@@ -1,12 +1,23 @@
-"""Network function evaluations (NFE), counted by the harness so that no plugin can under-count them.
+"""Network function evaluations (NFE), counted by the harness over the draw that is scored.
 
-Two independent counts. Forward hooks on the model's ``sampling_networks()`` count calls weighted
-by batch size. Hooks can be bypassed (a network the plugin did not list, ``net.forward(x)`` called
-directly, layers called one by one, a ``torch.jit.trace``/``torch.compile`` wrapper made at sample
-time), so the sampler is also run once on a small untimed batch under
-``torch.utils.flop_counter.FlopCounterMode``, which sees every aten op whatever Python path led to
-it: its total FLOPs divided by the FLOPs of one hooked network pass give a second NFE. A row whose
-two counts disagree is flagged with both figures; a sampler whose hooks count nothing never passes.
+Every batch of the scored samples is drawn under three watchers at once, so nothing distinguishes
+counted from uncounted work:
+
+* forward hooks on the model's ``sampling_networks()`` count evaluations: every call of a listed
+  network that contains no call of another listed network (so a listed wrapper that evaluates a
+  listed network eight times counts eight), weighted by its batch (the largest leading dimension
+  of its tensor arguments);
+* ``torch.utils.flop_counter`` (``trilemma.flops.FlopCounter``) sees every matmul, convolution and
+  attention op, whatever Python path led there; the FLOPs inside each counted call give each
+  network's cost of one item (the least over its calls), and the draw's FLOPs over the cost of the
+  counted items give a second NFE. A batch hidden behind a leading dimension of 1, a ``vmap``, or
+  passes through unlisted networks, direct ``forward`` calls or traced wrappers raise it;
+* ``ParameterWatch`` records the parameters the draw used (``sampling_params``) and any that left
+  torch (``numpy``, ``tolist``...), whose work the FLOP counter cannot see.
+
+The last sample is drawn alone: NFE per sample is a property of a sampler, not of a batch size, so a
+count that differs between one sample and a full batch (a sampler that packs its batch into one
+"item" and pads small batches, say) is flagged and the larger reported.
 """
 
 from __future__ import annotations
@@ -14,16 +25,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from trilemma.flops import FlopCounter
+from trilemma.watch import ParameterWatch
 
-#: Relative difference between the hook count and the FLOP-based count that still agrees.
+#: Relative difference between two NFE counts of one sampler that still agrees.
 NFE_TOLERANCE = 0.05
+#: Below this share of distinct (not bit-identical) samples a draw is flagged: a model with
+#: continuous outputs practically never repeats an image exactly; one that returns copies makes
+#: each distinct sample cost more than its per-sample count says.
+DISTINCT_SHARE = 0.99
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
@@ -45,14 +61,23 @@ def batch_items(args: tuple, kwargs: dict[str, Any]) -> int:
     return int(max(sizes, default=1))
 
 
-class NFECounter:
-    """Counts forward calls of the given networks, weighted by batch size.
+@dataclass
+class NetworkTally:
+    """One listed network's counted calls: items (batch-weighted), the FLOPs inside them, and the
+    least FLOPs per item of any call (its cost of one evaluation of one sample)."""
 
-    Only outermost calls count: a listed network called inside another listed network's forward
-    is part of that evaluation. With ``flops`` (a callable returning the FLOPs counted so far), the
-    FLOPs spent inside counted calls are summed too. ``per_sample(n)`` is the sum of the batch sizes
-    of all calls divided by ``n``, so a sampler that runs its network k times on the whole batch
-    (or on chunks of it) scores k.
+    items: int = 0
+    flops: int = 0
+    flops_per_item: float = math.inf
+
+
+class NFECounter:
+    """Counts evaluations of ``networks`` through forward hooks, weighted by batch size.
+
+    A call counts unless another listed network is called inside it (then the inner calls are the
+    evaluations). With ``flops`` (a callable returning the FLOPs counted so far) each counted call's
+    FLOPs are tallied per network. ``per_sample(n)`` is the counted items over ``n``: a sampler that
+    runs its network k times on the whole batch (or on chunks of it) scores k.
     """
 
     def __init__(self, networks: Sequence[nn.Module], flops: Callable[[], int] | None = None) -> None:
@@ -60,23 +85,33 @@ class NFECounter:
             raise ValueError("sampling_networks() returned no networks; NFE cannot be counted")
         self.networks = list(dict.fromkeys(networks))
         self.flops = flops
-        self.items = 0
+        self.tallies = {id(net): NetworkTally() for net in self.networks}
         self.calls = 0
-        self.flops_in_calls = 0
-        self._open: list[int] = []  # FLOPs counted when each open call began
+        self._open: list[list[Any]] = []  # [network id, items, FLOPs when it began, has a listed call inside]
+
+    @property
+    def items(self) -> int:
+        return sum(tally.items for tally in self.tallies.values())
 
     def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if not self._open:
-            self.calls += 1
-            self.items += batch_items(args, kwargs)
-        self._open.append(self.flops() if self.flops else 0)
+        if self._open:
+            self._open[-1][3] = True
+        self._open.append([id(module), batch_items(args, kwargs), self.flops() if self.flops else 0, False])
 
     def _after(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if not self._open:
             return
-        began = self._open.pop()
-        if not self._open and self.flops:
-            self.flops_in_calls += self.flops() - began
+        key, items, began, nested = self._open.pop()
+        if nested:
+            return
+        tally = self.tallies[key]
+        self.calls += 1
+        tally.items += items
+        if self.flops:
+            spent = self.flops() - began
+            tally.flops += spent
+            if spent > 0:
+                tally.flops_per_item = min(tally.flops_per_item, spent / items)
 
     @contextmanager
     def counting(self) -> Iterator[NFECounter]:
@@ -94,56 +129,123 @@ class NFECounter:
     def per_sample(self, n: int) -> float:
         return self.items / n
 
+    def pass_flops(self) -> float:
+        """The FLOPs the counted items would cost at each network's cost of one item."""
+        return sum(t.items * t.flops_per_item for t in self.tallies.values() if t.items and math.isfinite(t.flops_per_item))
+
+    def called(self) -> list[nn.Module]:
+        return [net for net in self.networks if self.tallies[id(net)].items]
+
+
+def _differ(a: float, b: float) -> bool:
+    return abs(a - b) > NFE_TOLERANCE * max(abs(a), abs(b))
+
 
 @dataclass(frozen=True)
 class NFECheck:
-    """The two counts of one sampler on a probe batch, and the compute per sample."""
+    """What counting a draw found: both NFE counts, the count when one sample is drawn alone, the
+    compute per sample, the share of distinct samples, and the parameters used or leaked."""
 
-    hook_nfe: float  # forward calls of sampling_networks(), weighted by batch size, per sample
-    flop_nfe: float  # the sampler's FLOPs / the FLOPs of one hooked network pass, per sample
-    gflop_per_sample: float  # every FLOP the sampler did, per sample (matmul/conv/attention)
-    probe_samples: int
+    hook_nfe: float  # counted calls of sampling_networks(), weighted by batch size, per sample
+    flop_nfe: float  # the draw's FLOPs / the FLOPs of the counted items at one item's cost, per sample
+    gflop_per_sample: float  # every matmul/conv/attention FLOP of the draw, per sample
+    samples: int
+    batch1_nfe: float = math.nan  # hook count of the one sample drawn alone
+    batch_nfe: float = math.nan  # hook count per sample of the other batches
+    distinct_share: float = 1.0
+    sampling_params: int = 0  # elements of the parameters the draw used
+    weights_left: tuple[str, ...] = ()  # parameters whose values were handed out of torch
 
     @property
     def agree(self) -> bool:
-        return self.hook_nfe > 0 and math.isfinite(self.flop_nfe) and \
-            abs(self.flop_nfe - self.hook_nfe) <= NFE_TOLERANCE * self.hook_nfe
+        return self.hook_nfe > 0 and math.isfinite(self.flop_nfe) and not _differ(self.flop_nfe, self.hook_nfe)
 
     @property
     def verdict(self) -> str:
         return "agree" if self.agree else "mismatch"
 
+    @property
+    def batch_dependent(self) -> bool:
+        return math.isfinite(self.batch1_nfe) and math.isfinite(self.batch_nfe) and _differ(self.batch1_nfe, self.batch_nfe)
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """What makes this count doubtful beyond a hooks/FLOPs mismatch, in words a row can hold."""
+        found = []
+        if self.batch_dependent:
+            found.append("batch-dependent")
+        if self.weights_left:
+            found.append("weights-left-torch")
+        if self.distinct_share < DISTINCT_SHARE:
+            found.append("duplicates")
+        return tuple(found)
+
+    @property
+    def nfe(self) -> float:
+        """The NFE a row reports: the hook count where the FLOPs agree with it, else the larger (never
+        an under-count); per distinct sample; the count of one sample alone where that is larger."""
+        drawn = self.hook_nfe if self.agree or not math.isfinite(self.flop_nfe) else max(self.hook_nfe, self.flop_nfe)
+        if self.distinct_share < DISTINCT_SHARE:
+            drawn /= self.distinct_share
+        return max(drawn, self.batch1_nfe) if self.batch_dependent else drawn
+
     def describe(self) -> str:
+        flags = f"; flagged: {', '.join(self.flags)}" if self.flags else ""
         return (f"hooks count {self.hook_nfe:g} NFE, FLOPs imply {self.flop_nfe:.4g} "
-                f"({self.gflop_per_sample:.4g} GFLOP/sample): {self.verdict}")
+                f"({self.gflop_per_sample:.4g} GFLOP/sample): {self.verdict}{flags}")
 
 
-@torch.no_grad()
-def check_nfe(networks: Sequence[nn.Module], sampler: Callable[[int, torch.Generator | None], Any], n: int,
-              generator: torch.Generator | None = None) -> NFECheck:
-    """Run ``sampler`` on ``n`` samples under a FLOP counter and forward hooks; both counts."""
-    mode = FlopCounter()
-    counter = NFECounter(networks, flops=mode.get_total_flops)
-    with mode, counter.counting():
-        sampler(n, generator)
-    total = mode.get_total_flops()
-    if counter.items and counter.flops_in_calls > 0:
-        flop_nfe = total / (n * counter.flops_in_calls / counter.items)
-    else:
-        flop_nfe = math.inf if total > 0 else math.nan
-    return NFECheck(counter.per_sample(n), flop_nfe, total / n / 1e9, n)
+def draw_batches(n: int, batch_size: int) -> list[int]:
+    """The batch sizes of a counted draw of ``n`` samples: ``n - 1`` in batches of ``batch_size``,
+    then the last sample alone."""
+    if n <= 1:
+        return [n]
+    rest = n - 1
+    return [min(batch_size, rest - begin) for begin in range(0, rest, batch_size)] + [1]
 
 
-def check_model_samplers(model_class: type, preset: str = "smoke", channels: int | None = None,
-                         n: int = 2) -> dict[str, NFECheck]:
-    """Both NFE counts for every sampler of an untrained ``model_class`` at ``preset``'s config
-    (NFE does not depend on training): what ``trilemma list`` shows."""
-    from trilemma.model import resolve_config
-    from trilemma.samplers import bind
+@dataclass
+class DrawCounter:
+    """Counts a draw of ``model``'s samples: enter ``counting()`` and make each sampler call through
+    ``call``; ``result`` says what was counted."""
 
-    torch.manual_seed(0)
-    model = model_class(resolve_config(model_class, preset, {}), channels=channels or model_class.data_channels[0])
-    model.eval()
-    generator = torch.Generator().manual_seed(0)
-    return {name: check_nfe(model.sampling_networks(), sampler, n, generator)
-            for name, (_, sampler) in bind(model, model_class.sampler_specs(preset)).items()}
+    model: nn.Module
+    networks: list[nn.Module] = field(init=False)
+    batches: list[tuple[int, int]] = field(default_factory=list)  # (samples, counted items) per call
+
+    def __post_init__(self) -> None:
+        self.networks = list(self.model.sampling_networks())
+        self.flop_mode = FlopCounter()
+        self.counter = NFECounter(self.networks, flops=self.flop_mode.get_total_flops)
+        self.watch = ParameterWatch([self.model, *self.networks])
+
+    @contextmanager
+    def counting(self) -> Iterator[DrawCounter]:
+        with self.flop_mode, self.watch, self.counter.counting():
+            yield self
+
+    def call(self, sampler: Callable[[int, Any], Any], size: int, generator: Any) -> Any:
+        before = self.counter.items
+        out = sampler(size, generator)
+        self.batches.append((size, self.counter.items - before))
+        return out
+
+    def result(self, distinct_share: float = 1.0) -> NFECheck:
+        n = sum(size for size, _ in self.batches)
+        total = self.flop_mode.get_total_flops()
+        expected = self.counter.pass_flops()
+        items = self.counter.items
+        if expected > 0:
+            flop_nfe = total * items / (n * expected)
+        else:
+            flop_nfe = math.inf if total > 0 else math.nan
+        alone = [counted for size, counted in self.batches if size == 1]
+        others = [(size, counted) for size, counted in self.batches if size > 1]
+        batch1 = sum(alone) / len(alone) if alone and others else math.nan
+        batch = sum(c for _, c in others) / sum(s for s, _ in others) if alone and others else math.nan
+        used = {key: self.watch.parameters[key][1] for key in self.watch.used}
+        for net in self.counter.called():
+            used.update((id(p), p) for p in net.parameters())
+        return NFECheck(self.counter.per_sample(n), flop_nfe, total / n / 1e9, n, batch1, batch, distinct_share,
+                        sum(p.numel() for p in used.values()), tuple(sorted(self.watch.left)))
+

@@ -1,4 +1,4 @@
-"""Drawing samples from a model, with network function evaluations counted by the harness."""
+"""Drawing samples from a model, every batch counted by the harness (``trilemma.nfe``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from trilemma.errors import BadSamples
 from trilemma.model import GenerativeModel
-from trilemma.nfe import NFECheck, NFECounter
+from trilemma.nfe import DrawCounter, NFECheck, draw_batches
 from trilemma.samplers import Sampler
 
 
@@ -33,14 +33,20 @@ def check_samples(images: torch.Tensor, n: int, channels: int, where: str) -> No
         raise BadSamples(f"{where} returned values in [{low:.3g}, {high:.3g}], expected [0, 1]")
 
 
+def distinct_share(images: torch.Tensor) -> float:
+    """The share of ``images`` that are not bit-identical copies of another one."""
+    flat = images.detach().reshape(len(images), -1).contiguous().cpu().numpy()
+    return len({row.tobytes() for row in flat}) / max(1, len(flat))
+
+
 @dataclass
 class Samples:
     """Validated samples and what drawing them cost."""
 
     images: torch.Tensor  # N×C×28×28 floats in [0, 1], on the CPU
     nfe_per_sample: float  # counted by forward hooks on sampling_networks()
-    seconds: float
-    nfe_check: NFECheck | None = None  # the FLOP cross-check on a probe batch, when it was made
+    seconds: float  # wall time of the counted draw (counting included)
+    nfe_check: NFECheck | None = None  # everything counted over the draw
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:
@@ -50,20 +56,36 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
 @torch.no_grad()
 def draw(model: GenerativeModel, sampler: Sampler, n: int, *, batch_size: int, seed: int,
          where: str = "sampler", progress: bool = False) -> Samples:
-    """Draw ``n`` validated samples in batches, counting NFE through forward hooks."""
+    """Draw ``n`` validated samples in batches (the last one alone), every batch counted: NFE by
+    hooks and by FLOPs, the parameters used, duplicates (``trilemma.nfe``)."""
     from tqdm.auto import tqdm
 
     device = model.device
     generator = make_generator(device, seed)
-    counter = NFECounter(model.sampling_networks())
-    chunks = []
     model.eval()
+    counter = DrawCounter(model)
+    chunks = []
     start = time.perf_counter()
     with counter.counting():
-        for begin in tqdm(range(0, n, batch_size), desc=f"sampling {where}", disable=not progress, leave=False):
-            size = min(batch_size, n - begin)
-            images = sampler(size, generator)
+        for size in tqdm(draw_batches(n, batch_size), desc=f"sampling {where}", disable=not progress, leave=False):
+            images = counter.call(sampler, size, generator)
             check_samples(images, size, model.channels, where)
             chunks.append(images.detach().float().clamp(0, 1).cpu())
     synchronize(device)
-    return Samples(torch.cat(chunks), counter.per_sample(n), time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    images = torch.cat(chunks)
+    check = counter.result(distinct_share(images))
+    return Samples(images, check.hook_nfe, seconds, check)
+
+
+def check_model_samplers(model_class: type[GenerativeModel], preset: str = "smoke", channels: int | None = None,
+                         n: int = 3) -> dict[str, NFECheck]:
+    """What counting finds for every sampler of an untrained ``model_class`` at ``preset``'s config
+    (NFE does not depend on training), drawn as a run draws: what ``trilemma list`` shows."""
+    from trilemma.model import resolve_config
+    from trilemma.samplers import bind
+
+    torch.manual_seed(0)
+    model = model_class(resolve_config(model_class, preset, {}), channels=channels or model_class.data_channels[0])
+    return {name: draw(model, sampler, n, batch_size=n - 1, seed=0, where=f"{model_class.name}/{name}").nfe_check
+            for name, (_, sampler) in bind(model, model_class.sampler_specs(preset)).items()}

@@ -12,7 +12,7 @@ SEED_OFFSETS: dict[str, int] = {
     "training": 0,  # weights, data order, the model's own noise (train.py)
     "samples": 0,  # the scored samples (sampling.draw)
     "speed_timing": 1,  # the timed sampler calls (metrics.speed)
-    "nfe_probe": 2,  # the small batch whose FLOPs are counted (evaluate)
+    "train_flop_steps": 2,  # which training steps are counted under the FLOP counter (train.py)
     "likelihood": 4242,  # the noise of a likelihood bound's estimate (metrics.likelihood)
     "stacked_extra_samples": 7919,  # samples drawn beyond the scored ones for Stacked-MNIST coverage
 }

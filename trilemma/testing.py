@@ -18,7 +18,6 @@ import torch
 
 from trilemma.errors import TrilemmaError
 from trilemma.model import GenerativeModel, ModelConfig
-from trilemma.nfe import check_nfe
 from trilemma.samplers import Sampler, SamplerSpec, bind, specs
 from trilemma.sampling import draw
 from trilemma.train import Budget, load_checkpoint, save_checkpoint, train
@@ -72,16 +71,17 @@ def check_training(model: GenerativeModel, *, steps: int, batch_size: int, check
 
 def check_sampler(model: GenerativeModel, name: str, sampler: Sampler, expected_nfe: float | None = None) -> torch.Tensor:
     """Samples of the right shape and range through the harness's own path (validation, no-grad,
-    NFE counted by hooks, > 0 or exactly ``expected_nfe``); the hook count agrees with the FLOPs;
+    NFE counted by hooks, > 0 or exactly ``expected_nfe``); the hook count agrees with the FLOPs and
+    nothing is flagged (``trilemma.nfe``);
     same generator, same samples. Returns the samples."""
     drawn = draw(model, sampler, 5, batch_size=5, seed=1, where=f"sampler {name!r}")
     assert drawn.nfe_per_sample > 0, f"sampler {name!r} never called its sampling_networks()"
     if expected_nfe is not None:
         assert drawn.nfe_per_sample == expected_nfe, \
             f"sampler {name!r}: NFE {drawn.nfe_per_sample}, expected {expected_nfe}"
-    check = check_nfe(model.sampling_networks(), sampler, 4, torch.Generator().manual_seed(2))
-    assert check.agree, f"sampler {name!r}: {check.describe()}; list every network it evaluates in " \
-        "sampling_networks() and call them as net(x)"
+    check = drawn.nfe_check
+    assert check.agree and not check.flags, f"sampler {name!r}: {check.describe()}; list every network it " \
+        "evaluates in sampling_networks(), call them as net(x) on the batch, and keep its parameters in torch"
     again = draw(model, sampler, 5, batch_size=5, seed=1, where=f"sampler {name!r}")
     assert torch.allclose(drawn.images, again.images), f"sampler {name!r} is not deterministic given its generator"
     return drawn.images

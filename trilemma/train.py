@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,13 @@ import torch
 
 from trilemma.errors import TrainingDiverged
 from trilemma.files import atomic_torch_save
+from trilemma.flops import FlopCounter
 from trilemma.model import GenerativeModel
+from trilemma.seeds import derived_seed
+
+#: Training steps counted under the FLOP counter: one chosen at random in each of this many equal
+#: stretches of the run (every step of a shorter run).
+FLOP_COUNTED_STEPS = 16
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,24 @@ class TrainResult:
     peak_mem_bytes: float = math.nan
     resumed_from_step: int = 0
     capped: bool = False  # the wall-time cap stopped training before the budget's steps
+    flops: float = 0.0  # FLOPs of the counted steps (``counted_steps``)
+    flop_steps: int = 0
+
+    @property
+    def flops_per_step(self) -> float:
+        """Mean FLOPs of the real steps counted during the run (NaN when none was)."""
+        return self.flops / self.flop_steps if self.flop_steps else math.nan
+
+
+def counted_steps(steps: int, seed: int) -> frozenset[int]:
+    """The steps of a ``steps``-step run whose FLOPs are counted: one at random (from the cell's
+    seed) in each of ``FLOP_COUNTED_STEPS`` equal stretches, so that a model whose cost changes during
+    training (a lazy regulariser, a schedule) is measured over the whole run, not its first steps."""
+    if steps <= FLOP_COUNTED_STEPS:
+        return frozenset(range(steps))
+    rng = random.Random(derived_seed(seed, "train_flop_steps"))
+    edges = [steps * i // FLOP_COUNTED_STEPS for i in range(FLOP_COUNTED_STEPS + 1)]
+    return frozenset(rng.randrange(low, high) for low, high in zip(edges, edges[1:], strict=False))
 
 
 class CheckpointError(Exception):
@@ -83,7 +109,8 @@ def rng_state(data_generator: torch.Generator, order: torch.Tensor) -> dict[str,
 
 
 def save_checkpoint(path: Path, model: GenerativeModel, step: int, seconds: float, done: bool,
-                    identity: dict[str, Any] | None = None, rng: dict[str, Any] | None = None) -> None:
+                    identity: dict[str, Any] | None = None, rng: dict[str, Any] | None = None,
+                    flops: tuple[float, int] = (0.0, 0)) -> None:
     """Atomically write model, optimizers, random state and progress (flushed to disk, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(path, {
@@ -94,6 +121,7 @@ def save_checkpoint(path: Path, model: GenerativeModel, step: int, seconds: floa
         "done": done,
         "identity": identity if identity is not None else {"config": model.config.to_dict()},
         "rng": rng or {},
+        "train_flops": {"flops": float(flops[0]), "steps": int(flops[1])},
     })
 
 
@@ -140,8 +168,10 @@ def load_trained(model: GenerativeModel, checkpoint: Path, budget: Budget,
     if not state["done"]:
         raise CheckpointError(f"checkpoint {checkpoint.name} is unfinished (step {state['step']} of {budget.steps}); "
                               "finish training with `trilemma run ... --resume` first")
+    counted = state.get("train_flops", {})
     return TrainResult(state["step"], state["seconds"], state["step"] * budget.batch_size,
-                       resumed_from_step=state["step"], capped=state["step"] < budget.steps)
+                       resumed_from_step=state["step"], capped=state["step"] < budget.steps,
+                       flops=counted.get("flops", 0.0), flop_steps=counted.get("steps", 0))
 
 
 def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed: int,
@@ -166,14 +196,18 @@ def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed:
     steps_per_epoch = max(1, n // budget.batch_size)
     order = torch.randperm(n, generator=generator, device=device)
     start_step, spent = 0, 0.0
+    flops, flop_steps = 0.0, 0
+    chosen = counted_steps(budget.steps, seed)
     if checkpoint is not None and checkpoint.exists():
         fresh = {k: v.clone() for k, v in model.state_dict().items()}
         try:
             state = load_checkpoint(checkpoint, model, identity)
             start_step, spent = state["step"], state["seconds"]
+            counted = state.get("train_flops", {})
+            flops, flop_steps = counted.get("flops", 0.0), counted.get("steps", 0)
             if state["done"]:
                 return TrainResult(start_step, spent, start_step * budget.batch_size, resumed_from_step=start_step,
-                                   capped=start_step < budget.steps)
+                                   capped=start_step < budget.steps, flops=flops, flop_steps=flop_steps)
             rng = state["rng"]
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and torch.cuda.is_available():
@@ -187,6 +221,7 @@ def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed:
             model.load_state_dict(fresh)
             model.optimizers = model.configure_optimizers()
             start_step, spent = 0, 0.0
+            flops, flop_steps = 0.0, 0
             log(f"{desc}: {exc}; moved to {aside.name}, training from scratch")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -205,21 +240,24 @@ def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed:
                 order = torch.randperm(n, generator=generator, device=device)
             index = order[within * budget.batch_size : (within + 1) * budget.batch_size]
             batch = images[index].float().div_(255)
-            with autocast(device, budget.precision):
+            counter = FlopCounter() if step in chosen else None
+            with counter if counter is not None else nullcontext(), autocast(device, budget.precision):
                 losses = _as_floats(model.training_step(batch, step), step)
+            if counter is not None:
+                flops, flop_steps = flops + counter.get_total_flops(), flop_steps + 1
             step += 1
             bar.update(1)
             if step % 20 == 0:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
             if checkpoint is not None and step % budget.checkpoint_every == 0:
                 save_checkpoint(checkpoint, model, step, spent + time.perf_counter() - began, False, identity,
-                                rng_state(generator, order))
+                                rng_state(generator, order), (flops, flop_steps))
     finally:
         bar.close()
     seconds = spent + time.perf_counter() - began
     if checkpoint is not None:
-        save_checkpoint(checkpoint, model, step, seconds, True, identity)
+        save_checkpoint(checkpoint, model, step, seconds, True, identity, flops=(flops, flop_steps))
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else math.nan
     return TrainResult(step, seconds, step * budget.batch_size, losses, peak, resumed_from_step=start_step,
-                       capped=step < budget.steps)
+                       capped=step < budget.steps, flops=flops, flop_steps=flop_steps)
 
