@@ -18,8 +18,6 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from trilemma.cache import CACHE
-
 try:
     from torch.utils.flop_counter import _FlopCounterMode
 except ImportError:  # pragma: no cover - older torch: fall back to the full mode
@@ -67,24 +65,26 @@ _METADATA = frozenset(getattr(aten, name).default for name in (
     if hasattr(aten, name))
 
 
-def _decomposes(func: Any) -> bool:
-    """Whether ``func`` has a CompositeImplicitAutograd decomposition (asked once per op)."""
-    return CACHE.get("op-decomposes", func,
-                     lambda: func.has_kernel_for_dispatch_key(torch._C.DispatchKey.CompositeImplicitAutograd))
-
-
 class _CountingMode(_FlopCounterMode if _FlopCounterMode is not None else object):  # type: ignore[misc]
     """torch's dispatch mode with a fast path: it asks an op for a decomposition only when the op
     has one and no formula (torch's asks every op, about a fifth of a millisecond each on the CPU,
     which made counting a draw of small-op samplers 30-80% slower)."""
 
+    def __init__(self, counter: FlopCounterMode) -> None:
+        super().__init__(counter)
+        self.decomposes: dict[Any, bool] = {}  # op → has a CompositeImplicitAutograd decomposition
+
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        if isinstance(func, torch._ops.HigherOrderOperator) or func in _METADATA:
+        if func in _METADATA or isinstance(func, torch._ops.HigherOrderOperator):
             return super().__torch_dispatch__(func, types, args, kwargs)
         kwargs = kwargs or {}
         packet = func._overloadpacket
         formula = self.counter.flop_registry.get(packet)
-        if formula is None and _decomposes(func):
+        decomposes = self.decomposes.get(func)
+        if decomposes is None:
+            decomposes = self.decomposes[func] = func.has_kernel_for_dispatch_key(
+                torch._C.DispatchKey.CompositeImplicitAutograd)
+        if formula is None and decomposes:
             with self:
                 decomposed = func.decompose(*args, **kwargs)
             if decomposed is not NotImplemented:
