@@ -41,7 +41,7 @@ def test_every_objective_converts_back_to_x0_and_eps(objective):
 
 
 @pytest.mark.parametrize("objective", ["eps", "x0", "v"])
-def test_min_snr_weights_every_objective_to_min_snr_gamma_in_x0_space_and_p2_follows_its_formula(objective):
+def test_min_snr_weights_every_objective_to_min_snr_gamma_in_x0_space_and_p2_to_its_formula_in_eps_space(objective):
     d = GaussianDiffusion(SCHEDULES["linear"](1000))
     g = torch.Generator().manual_seed(1)
     x0, noise, x0_hat = (torch.randn(8, 1, 4, 4, generator=g) for _ in range(3))
@@ -55,8 +55,34 @@ def test_min_snr_weights_every_objective_to_min_snr_gamma_in_x0_space_and_p2_fol
     snr = d.snr(t).float()
     weighted = d.loss_weights(t, objective, "min_snr", min_snr_gamma=5.0) * error
     assert torch.allclose(weighted, snr.clamp(max=5.0) * x0_error, rtol=1e-3)
-    assert torch.allclose(d.loss_weights(t, objective, "p2", p2_k=1.0, p2_gamma=0.5), (1 + snr) ** -0.5, rtol=1e-5)
+    eps_error = (eps_hat - noise).square().flatten(1).mean(1)
+    weighted = d.loss_weights(t, objective, "p2", p2_k=1.0, p2_gamma=0.5) * error
+    keep = t > 0  # at t = 0 the ε error is huge and the x₀ error tiny: float32 cancels; the others are tested
+    assert torch.allclose(weighted[keep], ((1 + snr) ** -0.5 * eps_error)[keep], rtol=1e-3)  # Choi et al., eq. 8
     assert (d.loss_weights(t, objective, "uniform") == 1).all()
+
+
+def test_the_bin_mass_of_a_pixel_far_from_the_mean_is_its_true_log_mass_not_a_floor():
+    import mpmath
+
+    mpmath.mp.dps = 60
+    std = 0.01
+    x = torch.tensor([0.0, 0.0, 0.0, -1.0, 1.0], dtype=torch.float64)
+    mean = torch.tensor([0.0, 0.05, -0.2, 0.1, -0.1], dtype=torch.float64)  # 0σ, 5σ, 20σ away; the end bins
+    got = discretized_gaussian_log_likelihood(x, mean, math.log(std))
+
+    def exact(x, m):
+        cdf = lambda z: mpmath.ncdf(mpmath.mpf(z))  # noqa: E731
+        lo, hi = (x - m - 1 / 255) / std, (x - m + 1 / 255) / std
+        if x < -0.999:
+            return float(mpmath.log(cdf(hi)))
+        if x > 0.999:
+            return float(mpmath.log(cdf(-lo)))
+        return float(mpmath.log(cdf(hi) - cdf(lo) if lo < 0 else cdf(-lo) - cdf(-hi)))  # 60 digits either side
+
+    expected = torch.tensor([exact(float(a), float(b)) for a, b in zip(x, mean, strict=True)], dtype=torch.float64)
+    assert torch.allclose(got, expected, rtol=1e-9), (got, expected)
+    assert got[2] < -150  # 20σ out: about −201 nats, where the old clamp floored it at log 1e-12 = −27.6
 
 
 def in_float64(scheduler, betas):

@@ -4,8 +4,8 @@ Forward process q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I), timesteps 0-bas
 A network predicts one of three things (``Objective``): the noise ε (Ho et al.), the clean image
 x_0, or the velocity v = √ᾱ ε − √(1 − ᾱ) x_0 (Salimans & Ho 2022, §4); ``predicted`` turns any of
 them into the pair (x̂_0, ε̂). ``Weighting`` weights the objective's squared error per timestep:
-uniform, P2 (Choi et al. 2022, eq. 8: (k + SNR)^−γ) or min-SNR-γ (Hang et al. 2023, §3.3: the
-weight that makes the x_0-space weight min(SNR, γ)).
+uniform, P2 (Choi et al. 2022, eq. 8: (k + SNR)^−γ on the ε-loss, converted to the objective's) or
+min-SNR-γ (Hang et al. 2023, §3.3: the weight that makes the x_0-space weight min(SNR, γ)).
 """
 
 from __future__ import annotations
@@ -21,16 +21,31 @@ Weighting = Literal["uniform", "p2", "min_snr"]
 Spacing = Literal["leading", "trailing", "linspace"]
 
 
+def log_bin_mass(upper: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+    """log(Φ(upper) − Φ(lower)) for upper > lower, in log space: where the bin lies above the mean
+    it is reflected (Φ(u) − Φ(l) = Φ(−l) − Φ(−u)), so both CDFs are of non-positive arguments, and
+    log(Φ(a) − Φ(b)) = log Φ(a) + log(1 − e^{log Φ(b) − log Φ(a)}) (log1mexp, Mächler 2012)."""
+    reflect = lower > 0
+    a = torch.where(reflect, -lower, upper)
+    b = torch.where(reflect, -upper, lower)
+    log_a, log_b = torch.special.log_ndtr(a), torch.special.log_ndtr(b)
+    gap = (log_b - log_a).clamp(max=0)  # ≤ 0; 0 only for an empty bin
+    log1mexp = torch.where(gap > -math.log(2), torch.log(-torch.expm1(gap)), torch.log1p(-torch.exp(gap)))
+    return log_a + log1mexp
+
+
 def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: float) -> torch.Tensor:
     """log P(x) per pixel for x on the 256-level grid of [−1, 1] under N(mean, e^{2·log_scale})
-    integrated over the pixel's bin of width 2/255; the end bins reach to ±∞ (Ho et al., eq. 13)."""
+    integrated over the pixel's bin of width 2/255; the end bins reach to ±∞ (Ho et al., eq. 13).
+    Computed in log space throughout, so a pixel many standard deviations from the mean gets its
+    true (very negative) log-mass, not a floor."""
     centered = (x - mean).double()
     inv_std = math.exp(-log_scale)
     upper = (centered + 1 / 255) * inv_std
     lower = (centered - 1 / 255) * inv_std
     log_cdf_upper = torch.special.log_ndtr(upper)
     log_one_minus_cdf_lower = torch.special.log_ndtr(-lower)
-    log_mass = torch.log((torch.special.ndtr(upper) - torch.special.ndtr(lower)).clamp(min=1e-12))
+    log_mass = log_bin_mass(upper, lower)
     return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_one_minus_cdf_lower, log_mass))
 
 
@@ -100,12 +115,15 @@ class GaussianDiffusion:
 
     def loss_weights(self, t: torch.Tensor, objective: Objective, weighting: Weighting, p2_k: float = 1.0,
                      p2_gamma: float = 1.0, min_snr_gamma: float = 5.0) -> torch.Tensor:
-        """Per-sample weights of the objective's squared error."""
+        """Per-sample weights of the objective's squared error. Each weighting is defined in one space
+        and converted to the objective's with ‖ε − ε̂‖² = SNR·‖x₀ − x̂₀‖² = ᾱ·‖v − v̂‖²: P2 on the
+        ε-loss (Choi et al. 2022, eq. 8), min-SNR-γ on the x₀-loss (Hang et al. 2023)."""
         if weighting == "uniform":
             return torch.ones(len(t), device=t.device)
         snr = self.snr(t)
         if weighting == "p2":
-            return ((p2_k + snr) ** -p2_gamma).float()
+            eps_weight = (p2_k + snr) ** -p2_gamma
+            return {"eps": eps_weight, "x0": snr * eps_weight, "v": snr / (snr + 1) * eps_weight}[objective].float()
         if weighting == "min_snr":
             clipped = snr.clamp(max=min_snr_gamma)
             return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[objective].float()
