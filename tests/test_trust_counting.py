@@ -400,3 +400,19 @@ def test_training_flops_are_counted_on_steps_spread_over_the_run():
     assert len(chosen) == FLOP_COUNTED_STEPS and chosen == sorted(counted_steps(1600, seed=3))
     assert [step // 100 for step in chosen] == list(range(16))  # one in each sixteenth
     assert chosen != sorted(counted_steps(1600, seed=4))
+
+
+def test_the_report_says_how_rows_were_counted_and_what_each_likelihood_kind_is():
+    from trilemma.metrics.likelihood import LikelihoodMetric
+    from trilemma.metrics.speed import COUNTING, PROBED, SpeedMetric
+
+    old = pd.DataFrame({"model": ["m"], "sampler": ["s"], "nfe": [1.0], "nfe_hooks": [1.0], "nfe_flops": [1.0],
+                        "sample_gflop": [0.1], "nfe_check": ["agree"]})
+    new = old.assign(nfe_batch1=[1.0], count_flags=["duplicates"])
+    assert PROBED in " ".join(SpeedMetric().report_section(old).notes)
+    notes = " ".join(SpeedMetric().report_section(new).notes)
+    assert COUNTING in notes and "⚠ m/s: duplicates" in notes
+    flows = pd.DataFrame({"model": ["glow", "vae"], "bpd": [2.9, 5.3], "bpd_kind": ["dequantized", "elbo"]})
+    section = LikelihoodMetric().report_section(flows)
+    assert list(section.table["kind"]) == ["dequantized", "elbo"]
+    assert any("uniform-dequantization bound" in note for note in section.notes)

@@ -20,14 +20,24 @@ from trilemma.errors import TrilemmaError
 from trilemma.samplers import SamplerSpec, specs
 from trilemma.values import coerce
 
-LikelihoodKind = Literal["exact", "elbo", "vlb"]
+LikelihoodKind = Literal["exact", "dequantized", "elbo", "vlb"]
+#: What each kind of ``LogLikelihood`` is, in words the report and the docs use.
+LIKELIHOOD_KINDS: dict[str, str] = {
+    "exact": "log P(x) of the 8-bit image itself (a discrete model)",
+    "dequantized": "a uniform-dequantization bound E_u log p(x + u) ≤ log P(x) (Theis et al. 2016), estimated "
+                   "with random u: a continuous model's (a flow's) density of the dequantized image",
+    "elbo": "an evidence lower bound (a VAE)",
+    "vlb": "a diffusion model's variational bound",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class LogLikelihood:
-    """log p(x) of each 8-bit image (the discrete image, 256 levels a pixel), in nats, or a lower
-    bound on it: ``kind`` is ``exact`` (a flow), ``elbo`` (a VAE) or ``vlb`` (a diffusion model's
-    variational bound). Bits per dimension = −nats / (pixels · ln 2)."""
+    """log P(x) of each 8-bit image (the discrete image, 256 levels a pixel), in nats, or a lower
+    bound on it: ``kind`` is ``exact`` (a discrete model's log P(x) itself), ``dequantized`` (a
+    continuous density's uniform-dequantization bound, a flow's), ``elbo`` (a VAE) or ``vlb`` (a
+    diffusion model's variational bound); ``LIKELIHOOD_KINDS`` says each in words. Bits per
+    dimension = −nats / (pixels · ln 2)."""
 
     nats: torch.Tensor
     kind: LikelihoodKind

@@ -111,6 +111,12 @@ COUNTING = (
 )
 
 
+#: How rows made before the counted draw were counted (they have no ``nfe_batch1``).
+PROBED = ("These rows predate the counted draw: NFE was counted by forward hooks on sampling_networks() over the "
+          "draw and cross-checked by torch.utils.flop_counter on a separate 4-sample probe batch, which a sampler "
+          "that behaves differently on small batches could pass (issue 22); no flags were computed.")
+
+
 class SpeedMetric(Metric):
     name = "speed"
     needs = ("samples", "model")
@@ -223,8 +229,10 @@ class SpeedMetric(Metric):
                 notes.append(f"⚠ {model}/{sampler}: {flag}: {FLAGS.get(flag, flag)}.")
         if not records:
             return None
-        notes.append(f"{sum(r['check'] == 'agree' and not r['flags'] for r in records)} of {len(records)} samplers "
-                     f"agree within {NFE_TOLERANCE:.0%} and carry no flag. " + COUNTING)
+        counted_draw = "nfe_batch1" in rows and rows["nfe_batch1"].notna().all()
+        clean = sum(r["check"] == "agree" and not r["flags"] for r in records)
+        notes.append(f"{clean} of {len(records)} samplers agree within {NFE_TOLERANCE:.0%}"
+                     + (" and carry no flag. " + COUNTING if counted_draw else ". " + PROBED))
         return ReportSection("NFE cross-check", pd.DataFrame(records), notes)
 
     def protocol(self, ctx: EvalContext) -> dict[str, Any]:
