@@ -159,6 +159,13 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
     report.add_argument("--out", type=Path, help="where to write a pooled or comparison report")
     report.add_argument("--force", action="store_true", help="pool or compare runs even when their protocols differ")
 
+    sanity = sub.add_parser("sanity", help="score sample sets of known order (real, noisy, blurred, blobs, noise, "
+                                           "one class...) with every metric and list the pairs each mis-ranks")
+    sanity.add_argument("--samples", type=int, default=1000, help="images per set (default 1000)")
+    sanity.add_argument("--out", type=Path, help="write results.csv and README.md here")
+    sanity.add_argument("--data-dir", type=Path, help="where MNIST lives (default ~/.cache/trilemma)")
+    sanity.add_argument("--device", default="cpu")
+
     clf = sub.add_parser("classifier", help="the pinned MNIST classifier")
     clf_sub = clf.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
     clf_sub.add_parser("info", help="accuracy and weights hash")
@@ -324,6 +331,19 @@ def cmd_run(args: argparse.Namespace, registries: Registries) -> int:
     return finish_run(out, lambda: run(request, registries))
 
 
+def cmd_sanity(args: argparse.Namespace, registries: Registries) -> int:
+    from trilemma.sanity import run_sanity
+
+    if args.samples < 10:
+        print("trilemma sanity: --samples must be at least 10", file=sys.stderr)
+        return EXIT_USAGE
+    table, problems = run_sanity(registries, args.samples, args.out, args.data_dir, args.device)
+    print(f"{len(table)} sets scored; {len(problems)} mis-ranked pairs" + (f"; written to {args.out}" if args.out else ""))
+    for problem in problems:
+        print(f"  {problem.describe()}")
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from trilemma.report import render_runs
 
@@ -350,7 +370,7 @@ def cmd_classifier(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     registries = None
-    if argv[:1] in (["run"], ["list"], ["eval"]):
+    if argv[:1] in (["run"], ["list"], ["eval"], ["sanity"]):
         from trilemma.plugins import collect
 
         registries = collect()
@@ -366,6 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args, registries)
         if args.command == "eval":
             return cmd_eval(args, registries)
+        if args.command == "sanity":
+            return cmd_sanity(args, registries)
         if args.command == "report":
             return cmd_report(args)
         return cmd_classifier(args)

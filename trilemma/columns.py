@@ -27,7 +27,10 @@ class Column:
     ``optional`` or a family. ``axis`` makes it an axis of the report's trilemma chart (the first
     declared column for each of quality, speed and coverage; ``cost``, the work per sample such as
     NFE, is the x of the quality-against-cost frontier). ``text`` columns hold words, never numbers
-    (read back as text, empty where missing)."""
+    (read back as text, empty where missing). ``judged`` says how ``trilemma sanity`` holds a
+    column with a ``better`` direction to a person's order: ``quality`` (how the samples look: real
+    digits best, each degradation worse, digits above blobs and noise), ``coverage`` (which classes
+    are there: fewer classes worse, digits above non-digits) or ``none`` (something else, copying)."""
 
     name: str
     better: Literal["lower", "higher"] | None = None
@@ -38,6 +41,7 @@ class Column:
     optional: bool = False
     axis: Literal["quality", "speed", "coverage", "cost"] | None = None
     text: bool = False
+    judged: Literal["quality", "coverage", "none"] = "quality"
 
     @property
     def is_family(self) -> bool:

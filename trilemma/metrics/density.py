@@ -41,7 +41,7 @@ class DensityCoverageMetric(Metric):
     columns = (
         Column("density", description="Naeem et al. 2020 density, k=5, classifier features (about 1 for real-like "
                                       "samples; higher is not simply better)"),
-        Column("knn_coverage", better="higher", headline=True, title="k-NN coverage", fmt="{:.3f}",
+        Column("knn_coverage", judged="coverage", better="higher", headline=True, title="k-NN coverage", fmt="{:.3f}",
                description="Naeem et al. 2020 coverage, k=5: share of real k-NN balls holding a generated sample"),
     )
     protocol_keys = ("k", "real_samples", "features")

@@ -130,7 +130,7 @@ class FidelityMetric(Metric):
         Column("kid_mean", better="lower", headline=True, title="KID", fmt="{:.4f}"),
         Column("kid_std"),
         Column("precision", better="higher", headline=True, fmt="{:.3f}", description="improved precision (k=3)"),
-        Column("recall", better="higher", headline=True, fmt="{:.3f}", description="improved recall (k=3)"),
+        Column("recall", judged="coverage", better="higher", headline=True, fmt="{:.3f}", description="improved recall (k=3)"),
         Column("inception_fid", better="lower", optional=True,
                description="FID on Inception-v3 features (with --inception-weights)"),
         Column("inception_is_mean", better="higher", optional=True),
