@@ -17,6 +17,7 @@ import time
 
 import pytest
 import torch
+from helpers import print_benchmark_table
 
 from trilemma.model import resolve_config
 from trilemma.nfe import draw_batches
@@ -78,11 +79,8 @@ def test_draw(benchmark, name):
 
 
 def test_summary_table(benchmark, capsys):
-    """Counted over uncounted draw time per model (a benchmark itself only so that --benchmark-only runs it)."""
-    rows = benchmark.pedantic(summary_rows, rounds=1)
-    with capsys.disabled():
-        print("\n" + "\n".join(rows))
-    assert rows
+    """Counted over uncounted draw time per model."""
+    assert print_benchmark_table(benchmark, capsys, summary_rows)
 
 
 def summary_rows() -> list[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import print_benchmark_table
 
 from trilemma.cost import device_peak_gflops, training_flops_per_step
 from trilemma.environment import resolve_precision
@@ -120,11 +121,8 @@ def test_training_step(benchmark, train_images, name, path):
 
 
 def test_summary_table(benchmark, capsys):
-    """The table of ratios (a benchmark itself only so that --benchmark-only runs it)."""
-    rows = benchmark.pedantic(summary_rows, rounds=1)
-    with capsys.disabled():
-        print("\n" + "\n".join(rows))
-    assert rows
+    """The table of ratios."""
+    assert print_benchmark_table(benchmark, capsys, summary_rows)
 
 
 def summary_rows() -> list[str]:

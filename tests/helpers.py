@@ -88,3 +88,12 @@ def _in_process(args: list[str], env: dict[str, str], cwd: Path | None) -> subpr
                 del sys.modules[name]
         importlib.invalidate_caches()
     return subprocess.CompletedProcess(["trilemma", *args], code, out.getvalue(), err.getvalue())
+
+
+def print_benchmark_table(benchmark, capsys, summary_rows) -> list[str]:
+    """The summary table of a benchmark module, printed past pytest's capture; timed itself only so that
+    ``--benchmark-only`` runs it."""
+    rows = benchmark.pedantic(summary_rows, rounds=1)
+    with capsys.disabled():
+        print("\n" + "\n".join(rows))
+    return rows
