@@ -144,7 +144,8 @@ def test_the_budget_and_the_evaluation_protocol_are_typed_objects_and_the_protoc
         EvalProtocol(10, 10, (), 1, 10)
     with pytest.raises(TrilemmaError, match="one of them"):
         TrainingBudget(train_images=10, train_steps=10, batch_size=1, checkpoint_every=1)
-    recorded = {"evaluation_protocol": {"version": EVAL_PROTOCOL_VERSION}}
-    assert protocol_differences([recorded, {}]) == []  # a run from before versions is version 1
-    assert protocol_differences([recorded, {"evaluation_protocol": {"version": 2}}]) == [
+    first = {"evaluation_protocol": {"version": 1}}
+    assert protocol_differences([first, {}]) == []  # a run from before versions is version 1
+    assert EVAL_PROTOCOL_VERSION == 2  # the counted draw (issue 22)
+    assert protocol_differences([first, {"evaluation_protocol": {"version": EVAL_PROTOCOL_VERSION}}]) == [
         "evaluation_protocol.version: 1 vs 2"]

@@ -86,8 +86,10 @@ class TrainingBudget:
 
 
 #: Bumped whenever what an evaluation number means changes (a sample count's role, a timing rule);
-#: runs of different versions are not pooled or compared without --force.
-EVAL_PROTOCOL_VERSION = 1
+#: runs of different versions are not pooled or compared without --force. 2: the scored draw is
+#: the counted draw (its last sample drawn alone), NFE per distinct sample, hooked timed calls,
+#: training FLOPs from real steps (issue 22).
+EVAL_PROTOCOL_VERSION = 2
 
 
 @dataclass(frozen=True)
