@@ -28,11 +28,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from trilemma.flops import FlopCounter
-from trilemma.watch import ParameterWatch
+from trilemma.watch import ParameterWatch, tensors_in
 
 #: Relative difference between two NFE counts of one sampler that still agrees.
 NFE_TOLERANCE = 0.05
@@ -42,22 +41,11 @@ NFE_TOLERANCE = 0.05
 DISTINCT_SHARE = 0.99
 
 
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
-
-
 def batch_items(args: tuple, kwargs: dict[str, Any]) -> int:
     """The batch size of a network call: the largest leading dimension among its tensor arguments,
     looking inside lists, tuples and dicts, so a timestep of shape (1,) or a 0-d tensor passed first,
     or a batch passed as a list of tensors, does not shrink it (1 if there is no tensor)."""
-    sizes = [a.shape[0] for a in _tensors((args, kwargs)) if a.dim() > 0]
+    sizes = [a.shape[0] for a in tensors_in((args, kwargs)) if a.dim() > 0]
     return int(max(sizes, default=1))
 
 

@@ -74,8 +74,6 @@ def sample_sets(data: Mapping[str, Split], n: int, seed: int = 0) -> dict[str, t
 def run_sanity(registries: Any, n: int, out: Path | None, data_dir: Path | None = None, device: str = "cpu",
                seed: int = 0, log: Callable[[str], None] = print) -> tuple[dict[str, dict[str, float]], list[Misranking]]:
     """Score every set with every installed metric, check the orders, write ``out`` when given."""
-    import math as _math
-
     from trilemma.data import default_data_dir
     from trilemma.execute import load_data
     from trilemma.metrics import EvalContext
@@ -90,7 +88,7 @@ def run_sanity(registries: Any, n: int, out: Path | None, data_dir: Path | None 
 
     def context(images: torch.Tensor) -> Any:
         return EvalContext(model=None, model_name="sanity", sampler_name="set", sampler=None,
-                           samples=Samples(images, _math.nan, _math.nan), dataset=dataset, data=data,
+                           samples=Samples(images, math.nan, math.nan), dataset=dataset, data=data,
                            device=torch_device, preset=PRESETS["quick"], seed=seed, cache_dir=cache_dir, log=log)
 
     table = score_sets(sample_sets(data, n, seed), metrics, context, log)

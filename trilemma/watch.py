@@ -34,12 +34,16 @@ METADATA = frozenset({"__get__", "size", "dim", "numel", "element_size", "is_flo
                       "get_device", "__len__", "__hash__", "__format__", "__repr__"})
 
 
-def _tensors(values: Iterable[Any]) -> Iterator[torch.Tensor]:
-    for value in values:
-        if isinstance(value, torch.Tensor):
-            yield value
-        elif isinstance(value, (list, tuple)):
-            yield from (item for item in value if isinstance(item, torch.Tensor))
+def tensors_in(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in ``value``, looking inside lists, tuples and dicts."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from tensors_in(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from tensors_in(item)
 
 
 class ParameterWatch(TorchFunctionMode):
@@ -68,7 +72,7 @@ class ParameterWatch(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        found = [key for key in map(self._parameter, _tensors((*args, *kwargs.values()))) if key is not None]
+        found = [key for key in map(self._parameter, tensors_in((args, kwargs))) if key is not None]
         out = func(*args, **kwargs)
         if not found:
             return out
@@ -77,7 +81,7 @@ class ParameterWatch(TorchFunctionMode):
         elif name in CARRIES_VALUES:
             if len(self._derived) > 4096:  # forget the tensors that are gone
                 self._derived = {k: v for k, v in self._derived.items() if v[1]() is not None}
-            for tensor in _tensors((out,)):
+            for tensor in tensors_in(out):
                 self._derived[id(tensor)] = (found[0], weakref.ref(tensor))
         elif name not in METADATA:
             self.used.update(found)
