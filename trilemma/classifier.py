@@ -8,23 +8,19 @@ reproduces them.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trilemma.cache import CACHE
-from trilemma.errors import TrilemmaError
-from trilemma.files import atomic_torch_save, atomic_write_text
+from trilemma.pinned import fit, read_info, save_pinned, verified_state
 
 WEIGHTS_NAME = "mnist_classifier.pt"
 INFO_NAME = "mnist_classifier.json"
+TRAIN_COMMAND = "trilemma classifier train"
 FEATURE_DIM = 128
 # Inputs are normalised with the MNIST train mean and standard deviation.
 _MEAN, _STD = 0.1307, 0.3081
@@ -67,42 +63,15 @@ class ClassifierInfo:
     train_seconds: float
 
 
-def asset_path(name: str) -> Path:
-    return Path(str(files("trilemma") / "assets" / name))
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def classifier_info() -> ClassifierInfo:
-    info_path = asset_path(INFO_NAME)
-    if not info_path.exists():
-        raise TrilemmaError(f"classifier info {info_path} missing: run `trilemma classifier train`")
-    return ClassifierInfo(**json.loads(info_path.read_text()))
-
-
-def _verified_state(path: str, expected_sha256: str) -> dict[str, torch.Tensor]:
-    def load() -> dict[str, torch.Tensor]:
-        actual = file_sha256(Path(path))
-        if actual != expected_sha256:
-            raise TrilemmaError(
-                f"classifier weights {path} have SHA-256 {actual[:12]}…, expected {expected_sha256[:12]}…; "
-                "reinstall trilemma or run `trilemma classifier train`"
-            )
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-    return CACHE.get("classifier-weights", (path, expected_sha256), load)
+    return ClassifierInfo(**read_info(INFO_NAME, TRAIN_COMMAND))
 
 
 def load_classifier(device: torch.device | str = "cpu") -> MnistClassifier:
     """A new instance of the pinned classifier on ``device``, in eval mode; the weights are read and
     checked against the recorded SHA-256 once, and no caller shares (or moves) another's module."""
-    path = asset_path(WEIGHTS_NAME)
-    if not path.exists():
-        raise TrilemmaError(f"classifier weights {path} missing: run `trilemma classifier train`")
     model = MnistClassifier()
-    model.load_state_dict(_verified_state(str(path), classifier_info().sha256))
+    model.load_state_dict(verified_state(WEIGHTS_NAME, classifier_info().sha256, TRAIN_COMMAND))
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -137,29 +106,15 @@ def train_classifier(train_images: torch.Tensor, train_labels: torch.Tensor, *, 
                      seed: int = 0, batch_size: int = 128, device: str = "cpu",
                      progress: bool = True) -> MnistClassifier:
     """Adam with a one-cycle learning-rate schedule and random shifts; seeded."""
-    from tqdm.auto import tqdm
-
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
     model = MnistClassifier().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    steps_per_epoch = len(train_images) // batch_size
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=epochs * steps_per_epoch)
-    model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(train_images), generator=generator)
-        bar = tqdm(range(steps_per_epoch), desc=f"classifier epoch {epoch + 1}/{epochs}", disable=not progress)
-        for step in bar:
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            x = _shift(train_images[idx].float() / 255, generator).to(device)
-            loss = F.cross_entropy(model(x), train_labels[idx].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-    return model.cpu().eval().requires_grad_(False)
+
+    def batch_loss(idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = _shift(train_images[idx].float() / 255, generator).to(device)
+        return F.cross_entropy(model(x), train_labels[idx].to(device))
+
+    return fit(model, len(train_images), batch_loss, epochs=epochs, seed=seed, batch_size=batch_size,
+               desc="classifier", progress=progress)
 
 
 def train_and_save(out_dir: Path, data_dir: Path | None = None, *, epochs: int = 4, seed: int = 0,
@@ -174,10 +129,6 @@ def train_and_save(out_dir: Path, data_dir: Path | None = None, *, epochs: int =
                              device=device, progress=progress)
     seconds = time.perf_counter() - start
     test_acc = accuracy(model, mnist["test"].images, mnist["test"].labels)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / WEIGHTS_NAME
-    atomic_torch_save(weights, model.state_dict())
-    info = ClassifierInfo(sha256=file_sha256(weights), test_accuracy=round(test_acc, 5), seed=seed,
-                          epochs=epochs, train_seconds=round(seconds, 1))
-    atomic_write_text(out_dir / INFO_NAME, json.dumps(info.__dict__, indent=2) + "\n")
-    return info
+    info = {"test_accuracy": round(test_acc, 5), "seed": seed, "epochs": epochs, "train_seconds": round(seconds, 1)}
+    sha256 = save_pinned(out_dir, WEIGHTS_NAME, INFO_NAME, model.state_dict(), info)
+    return ClassifierInfo(sha256=sha256, **info)

@@ -1,4 +1,4 @@
-"""The ``trilemma`` command: ``list``, ``run``, ``eval``, ``report`` and ``classifier``."""
+"""The ``trilemma`` command: ``list``, ``run``, ``eval``, ``report``, ``sanity``, ``classifier`` and ``autoencoder``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from trilemma.errors import TrilemmaError
 from trilemma.presets import PRECISIONS, PRESET_CHOICES
@@ -28,6 +28,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 MAX_SEED = 2**32 - 1
+#: The pinned networks the metrics judge samples with: command → (what it is, default epochs).
+PINNED = {"classifier": ("MNIST classifier", 4), "autoencoder": ("MNIST autoencoder (the second feature space)", 3)}
 
 
 def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -166,15 +168,16 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
     sanity.add_argument("--data-dir", type=Path, help="where MNIST lives (default ~/.cache/trilemma)")
     sanity.add_argument("--device", default="cpu")
 
-    clf = sub.add_parser("classifier", help="the pinned MNIST classifier")
-    clf_sub = clf.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
-    clf_sub.add_parser("info", help="accuracy and weights hash")
-    clf_train = clf_sub.add_parser("train", help="reproduce the shipped weights")
-    clf_train.add_argument("--out", type=Path, help="where to write the weights (default: print only)")
-    clf_train.add_argument("--epochs", type=int, default=4)
-    clf_train.add_argument("--seed", type=int, default=0)
-    clf_train.add_argument("--device", default="cpu")
-    clf_train.add_argument("--data-dir", type=Path)
+    for network, (what, epochs) in PINNED.items():
+        pinned = sub.add_parser(network, help=f"the pinned {what}")
+        actions = pinned.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
+        actions.add_parser("info", help="how it was trained, how well it does, and its weights' hash")
+        train = actions.add_parser("train", help="reproduce the shipped weights")
+        train.add_argument("--out", type=Path, help=f"where to write the weights (default {network}-reproduction)")
+        train.add_argument("--epochs", type=int, default=epochs)
+        train.add_argument("--seed", type=int, default=0)
+        train.add_argument("--device", default="cpu")
+        train.add_argument("--data-dir", type=Path)
     return parser
 
 
@@ -351,18 +354,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_classifier(args: argparse.Namespace) -> int:
-    from trilemma.classifier import classifier_info, train_and_save
+def cmd_pinned(args: argparse.Namespace) -> int:
+    """``trilemma classifier|autoencoder info|train``."""
+    import importlib
+
+    module = importlib.import_module(f"trilemma.{args.command}")
+    shipped = getattr(module, f"{args.command}_info")()
+
+    def describe(info: Any) -> str:
+        return ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in vars(info).items())
 
     if args.action == "info":
-        info = classifier_info()
-        print(f"test accuracy {info.test_accuracy:.4f}, sha256 {info.sha256}, "
-              f"seed {info.seed}, {info.epochs} epochs, trained in {info.train_seconds:.0f} s")
+        print(describe(shipped))
         return EXIT_OK
-    out = args.out or Path("classifier-reproduction")
-    info = train_and_save(out, args.data_dir, epochs=args.epochs, seed=args.seed, device=args.device)
-    shipped = classifier_info()
-    print(f"wrote {out}: test accuracy {info.test_accuracy:.4f}, sha256 {info.sha256} "
+    out = args.out or Path(f"{args.command}-reproduction")
+    info = module.train_and_save(out, args.data_dir, epochs=args.epochs, seed=args.seed, device=args.device)
+    print(f"wrote {out}: {describe(info)} "
           f"({'identical to' if info.sha256 == shipped.sha256 else 'differs from'} the shipped weights)")
     return EXIT_OK
 
@@ -390,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_sanity(args, registries)
         if args.command == "report":
             return cmd_report(args)
-        return cmd_classifier(args)
+        return cmd_pinned(args)
     except TrilemmaError as exc:
         print(f"trilemma: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

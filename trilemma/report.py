@@ -19,6 +19,7 @@ from trilemma.report_document import (
     comparison_document,
     comparison_table,
     headline_table,
+    row_marks,
     run_document,
     sample_grids,
     write_document,
@@ -84,4 +85,5 @@ def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool =
 def print_summary(run_dir: Path) -> None:
     frame, manifest = load_run(run_dir)
     frame = separate_identities(frame)
-    print(headline_table(aggregate(frame), columns_of([manifest])).to_string(index=False))
+    summary = aggregate(frame)
+    print(headline_table(summary, columns_of([manifest]), row_marks(summary, [manifest])).to_string(index=False))

@@ -35,10 +35,10 @@ def _fmt(value: Any, fmt: str) -> str:
         return str(value)
 
 
-def headline_table(summary: pd.DataFrame, columns: Sequence[Column]) -> pd.DataFrame:
+def headline_table(summary: pd.DataFrame, columns: Sequence[Column], marks: Sequence[str] = ()) -> pd.DataFrame:
     """The headline, one row per (model, sampler), the declared headline columns in their order:
     ``mean ± half-width`` of the 95% bootstrap interval when several seeds succeeded, the plain
-    value for one."""
+    value for one; ``marks`` (one string per row, from the metrics' ``marks``) last when any is set."""
     table: dict[str, list[str]] = {"model": list(summary["model"]), "sampler": list(summary["sampler"]),
                                    "seeds": [str(n) for n in summary["n_seeds"]]}
     for declared in columns:
@@ -54,6 +54,8 @@ def headline_table(summary: pd.DataFrame, columns: Sequence[Column]) -> pd.DataF
             cells.append(cell)
         table[title] = cells
     table["status"] = ["ok" if f == 0 else f"{f} failed" for f in summary["failed"]]
+    if any(marks):
+        table["marks"] = list(marks)
     return pd.DataFrame(table)
 
 
@@ -127,19 +129,31 @@ def sample_grids(run_dirs: Sequence[Path], frame: pd.DataFrame) -> dict[str, Pat
     return grids
 
 
-def metric_sections(frame: pd.DataFrame, manifests: Sequence[dict[str, Any]] = ()) -> list[ReportSection]:
-    """What the metrics that ran (named in the runs' manifests) have to say about these rows beyond
-    their columns, through the code of those metrics installed now."""
+def _metrics_that_ran(frame: pd.DataFrame, manifests: Sequence[dict[str, Any]]) -> list[Any]:
+    """The installed metrics that ran (named in the runs' manifests) and have columns in ``frame``."""
     ran = {name for manifest in manifests for name in manifest.get("protocol_keys", {})}
-    sections = []
-    for metric in registered_metrics():
-        if ran and metric.name not in ran:
-            continue
-        if any(column.matches(c) for column in metric.columns for c in frame.columns):
-            section = metric.report_section(frame)
-            if section is not None:
-                sections.append(section)
-    return sections
+    return [metric for metric in registered_metrics() if (not ran or metric.name in ran)
+            and any(column.matches(c) for column in metric.columns for c in frame.columns)]
+
+
+def metric_sections(frame: pd.DataFrame, manifests: Sequence[dict[str, Any]] = ()) -> list[ReportSection]:
+    """What the metrics that ran have to say about these rows beyond their columns, through the
+    code of those metrics installed now."""
+    sections = [metric.report_section(frame) for metric in _metrics_that_ran(frame, manifests)]
+    return [section for section in sections if section is not None]
+
+
+def row_marks(summary: pd.DataFrame, manifests: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """Each headline row's marks from the metrics that ran, joined."""
+    metrics = _metrics_that_ran(summary, manifests)
+
+    def of(metric: Any, row: dict[str, Any]) -> list[str]:
+        try:
+            return [str(mark) for mark in metric.marks(row)]
+        except Exception as exc:  # a plugin's broken marks must not take the report down
+            return [f"⚠ {metric.name}.marks failed: {type(exc).__name__}"]
+
+    return [" ".join(mark for metric in metrics for mark in of(metric, row.to_dict())) for _, row in summary.iterrows()]
 
 
 # --- the document -----------------------------------------------------------------------------
@@ -296,7 +310,7 @@ def run_document(out: RunDirectory, title: str, frame: pd.DataFrame, summary: pd
     sections = metric_sections(frame, manifests)
     failures = summary[summary["failed"] > 0]
     return ReportDocument(
-        title=title, table=headline_table(summary, columns),
+        title=title, table=headline_table(summary, columns, row_marks(summary, manifests)),
         failures=[f"{r.model}/{r.sampler}: {r.error}" for r in failures.itertuples()], sections=sections,
         protocols=[("", protocol_items(manifest)) for manifest in manifests],
         figures=render_figures(summary, out, columns, sections), grids=grids)

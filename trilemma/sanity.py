@@ -3,7 +3,7 @@
 Real test digits; the same with Gaussian noise and with blur at growing strength, all still legible
 (each metric must be monotone in the degradation); half the classes; one class; smooth blobs
 (thresholded low-frequency noise); pixel noise; all black; training copies. ``check`` lists every
-pair a headline column puts in the wrong order, in its declared direction and as its
+pair a column with a better direction puts in the wrong order, in its declared direction and as its
 ``Column.judged`` says: each degradation worse than real and monotone, digits of any of these
 qualities above blobs, noise and black, and for coverage columns fewer classes worse. Metrics that
 need a model (speed, likelihood) score nothing here: a sample set has no sampler.
@@ -92,10 +92,10 @@ def run_sanity(registries: Any, n: int, out: Path | None, data_dir: Path | None 
                            device=torch_device, preset=PRESETS["quick"], seed=seed, cache_dir=cache_dir, log=log)
 
     table = score_sets(sample_sets(data, n, seed), metrics, context, log)
-    columns = headline_columns(metrics)
-    problems = check(table, columns)
+    columns = ranked_columns(metrics)
+    problems = check(table, columns) + check_marks(table, metrics)
     if out is not None:
-        write_report(out, table, columns, problems, n)
+        write_report(out, table, columns, problems, n, set_marks(table, metrics))
     return table, problems
 
 
@@ -108,6 +108,8 @@ class Misranking:
     rule: str
 
     def describe(self) -> str:
+        if self.column == "marks":
+            return f"marks: {self.better or self.worse} [{self.rule}]"
         verb = "better than" if self.rule.startswith("monotone") else "at least as well as"
         return (f"{self.column}: {self.worse} ({self.values[1]:.4g}) scores {verb} {self.better} "
                 f"({self.values[0]:.4g}) [{self.rule}]")
@@ -127,6 +129,24 @@ def _expected_pairs(judged: str) -> list[tuple[str, str, str]]:
     else:
         pairs += [(digit, other, "digits above non-digits") for digit in digits for other in NOT_DIGITS]
     return pairs
+
+
+def set_marks(table: Mapping[str, Mapping[str, float]], metrics: Mapping[str, Any]) -> dict[str, str]:
+    """The marks the metrics would put on each set's row of a report."""
+    return {name: " ".join(mark for metric in metrics.values() for mark in metric.marks(dict(row)))
+            for name, row in table.items()}
+
+
+def check_marks(table: Mapping[str, Mapping[str, float]], metrics: Mapping[str, Any]) -> list[Misranking]:
+    """A mark on a row says its samples are unlike digits: every non-digit set must carry one, and no
+    set of digits (whatever their quality or classes) may."""
+    found = []
+    for name, marks in set_marks(table, metrics).items():
+        if name in NOT_DIGITS and not marks:
+            found.append(Misranking("marks", "", name, (math.nan, math.nan), "non-digits unmarked"))
+        elif name not in NOT_DIGITS and marks:
+            found.append(Misranking("marks", name, "", (math.nan, math.nan), f"digits marked {marks}"))
+    return found
 
 
 def check(table: Mapping[str, Mapping[str, float]], columns: Mapping[str, Column]) -> list[Misranking]:
@@ -173,13 +193,15 @@ def score_sets(sets: Mapping[str, torch.Tensor], metrics: Mapping[str, Any],
     return table
 
 
-def headline_columns(metrics: Mapping[str, Any]) -> dict[str, Column]:
-    return {c.name: c for m in metrics.values() for c in m.columns if c.headline and not c.is_family}
+def ranked_columns(metrics: Mapping[str, Any]) -> dict[str, Column]:
+    """Every metric column with a better direction (headline or not), as the table shows and checks them."""
+    return {c.name: c for m in metrics.values() for c in m.columns
+            if (c.headline or c.better) and not c.is_family and not c.optional}
 
 
 def write_report(out: Path, table: Mapping[str, Mapping[str, float]], columns: Mapping[str, Column],
-                 problems: list[Misranking], n: int) -> Path:
-    """``out/results.csv`` (every column) and ``out/README.md`` (headline columns and mis-rankings)."""
+                 problems: list[Misranking], n: int, marks: Mapping[str, str] | None = None) -> Path:
+    """``out/results.csv`` (every column) and ``out/README.md`` (ranked columns, marks and mis-rankings)."""
     import pandas as pd
 
     from trilemma.files import atomic_write_text
@@ -190,15 +212,18 @@ def write_report(out: Path, table: Mapping[str, Mapping[str, float]], columns: M
     atomic_write_text(out / "results.csv", frame.to_csv(index_label="set"))
     shown = [c for c in columns if c in frame]
     head = frame[shown].rename(columns={c: f"{columns[c].title or c} {'↑' if columns[c].better == 'higher' else '↓'}"
-                                        for c in shown})
+                                        for c in shown}).map("{:.4g}".format)
+    if marks:
+        head["marks"] = [marks.get(name, "") for name in head.index]
     lines = ["# Metric sanity", "",
              f"`trilemma sanity --samples {n}`: sample sets whose order a person knows, scored by every installed "
              "metric that scores samples (speed and likelihood need a model and score nothing here). Expected, for each "
-             "headline column as it declares itself judged: each degradation (Gaussian noise σ "
+             "column with a better direction as it declares itself judged: each degradation (Gaussian noise σ "
              f"{', '.join(f'{s:g}' for s in NOISE)}; blur σ {', '.join(f'{s:g}' for s in BLUR)} px) worse than real and "
              "monotone; digits of any of these qualities above blobs, pixel noise and black; on coverage columns, fewer "
-             "classes worse. Training copies are scored, not ranked.", "",
-             markdown_table(head.map("{:.4g}".format).reset_index(names="set")), "",
+             "classes worse. Training copies are scored, not ranked. Marks (a report's warnings on a row) must be on "
+             "every non-digit set and on no set of digits.", "",
+             markdown_table(head.reset_index(names="set")), "",
              f"## Mis-rankings ({len(problems)})", ""]
     lines += [f"- {p.describe()}" for p in problems] or ["None."]
     atomic_write_text(out / "README.md", "\n".join(lines) + "\n")

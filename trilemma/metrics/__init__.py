@@ -85,3 +85,9 @@ class Metric:
     def report_section(self, frame: pd.DataFrame) -> ReportSection | None:
         """Optionally, a section of the report about ``frame``'s rows (every seed)."""
         return None
+
+    def marks(self, row: Mapping[str, Any]) -> list[str]:
+        """Short warnings for one row of the headline table (a model and sampler, its columns
+        averaged over seeds), shown next to its numbers; the section or the column description
+        says what each means."""
+        return []

@@ -1,5 +1,5 @@
 """Density and coverage (Naeem, Oh, Uh, Choi & Yoo 2020, "Reliable Fidelity and Diversity Metrics
-for Generative Models", §3.2), on the pinned classifier's features.
+for Generative Models", §3.2), in the pinned classifier's and the pinned autoencoder's features.
 
 Each real sample X_i gets the open ball B(X_i, NND_k(X_i)) reaching its k-th nearest real neighbour.
 Density = 1/(kM) Σ_j Σ_i 1[Y_j ∈ B(X_i)], the mean number of real balls a generated sample Y_j
@@ -20,7 +20,7 @@ from trilemma.cache import CACHE
 from trilemma.columns import Column
 from trilemma.hookspecs import hookimpl
 from trilemma.metrics import EvalContext, Metric
-from trilemma.metrics.features import real_outputs, sample_outputs
+from trilemma.metrics.features import AUTOENCODER, CLASSIFIER, FeatureSpace, real_features, sample_features
 from trilemma.metrics.knn import nearest_distances, within_radius_counts
 
 NEIGHBOURS = 5  # the paper's k
@@ -36,31 +36,41 @@ def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = NEIGHBOURS
 
 
 class DensityCoverageMetric(Metric):
-    name = "density-coverage"
+    """Density and k-NN coverage in one feature space (the classifier's, or the autoencoder's: ``ae_`` columns)."""
+
     needs = ("samples", "real", "features")
-    columns = (
-        Column("density", description="Naeem et al. 2020 density, k=5, classifier features (about 1 for real-like "
-                                      "samples; higher is not simply better)"),
-        Column("knn_coverage", judged="coverage", better="higher", headline=True, title="k-NN coverage", fmt="{:.3f}",
-               description="Naeem et al. 2020 coverage, k=5: share of real k-NN balls holding a generated sample"),
-    )
     protocol_keys = ("k", "real_samples", "features")
 
+    def __init__(self, space: FeatureSpace = CLASSIFIER) -> None:
+        self.space = space
+        self.name = "density-coverage" if space is CLASSIFIER else f"density-coverage-{space.name}"
+        p, label = space.prefix, f" ({space.label})" if space.label else ""
+        self.columns = (
+            Column(f"{p}density", description=f"Naeem et al. 2020 density, k=5, {space.name} features (about 1 for "
+                                              "real-like samples; higher is not simply better)"),
+            Column(f"{p}knn_coverage", judged="coverage", better="higher", headline=space is CLASSIFIER,
+                   title=f"k-NN coverage{label}", fmt="{:.3f}",
+                   description=f"Naeem et al. 2020 coverage, k=5, {space.name} features: share of real k-NN balls "
+                               "holding a generated sample"),
+        )
+
     def compute(self, ctx: EvalContext) -> dict[str, Any]:
-        fake, _ = sample_outputs(ctx)
+        fake = sample_features(ctx, self.space)
         n = min(len(fake), len(ctx.data["test"].images))
-        real, _ = real_outputs(ctx.dataset.name, "test", ctx.data["test"], ctx.device, n, ctx.cache_dir)
-        radii = CACHE.get("density-radii", (ctx.dataset.name, n, NEIGHBOURS, str(real.device)),
+        real = real_features(self.space, ctx.dataset.name, "test", ctx.data["test"], ctx.device, n, ctx.cache_dir)
+        radii = CACHE.get("density-radii", (self.space.name, ctx.dataset.name, n, NEIGHBOURS, str(real.device)),
                           lambda: nearest_distances(real, real, k=NEIGHBOURS, exclude_self=True, squared=True))
-        return density_coverage(real, fake, squared_radii=radii)
+        values = density_coverage(real, fake, squared_radii=radii)
+        return {f"{self.space.prefix}{key}": value for key, value in values.items()}
 
     def protocol(self, ctx: EvalContext) -> dict[str, Any]:
         n = min(ctx.preset.eval_samples, len(ctx.data["test"].images))
-        return {"summary": f"density and coverage (Naeem et al. 2020), k={NEIGHBOURS}, pinned-classifier features; "
+        return {"summary": f"density and coverage (Naeem et al. 2020), k={NEIGHBOURS}, {self.space.description}; "
                            f"{n} generated samples against the first {n} real test images",
-                "k": NEIGHBOURS, "real_samples": n, "features": "mnist-classifier penultimate (128-d per channel)"}
+                "k": NEIGHBOURS, "real_samples": n, "features": self.space.description}
 
 
 @hookimpl
 def register_metrics(register: Callable[..., None]) -> None:
-    register(DensityCoverageMetric())
+    register(DensityCoverageMetric(CLASSIFIER))
+    register(DensityCoverageMetric(AUTOENCODER))

@@ -2,8 +2,9 @@
 
 One ``calculate_metrics`` call per (samples, extractor) computes all four from shared features.
 Input 1 is generated, input 2 is real (torch-fidelity's convention for precision/recall).
-The default extractor is the pinned MNIST classifier (128-d penultimate features for
-FID/KID/PRC, logits for IS); Inception-v3 is added when its weights are on disk.
+Two instances measure in two pinned feature spaces: the MNIST classifier (128-d penultimate
+features for FID/KID/PRC, logits for IS; Inception-v3 added when its weights are on disk) and the
+MNIST autoencoder (its 64-d code: FID/KID/PRC, columns prefixed ``ae_``).
 """
 
 from __future__ import annotations
@@ -11,36 +12,48 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
-from trilemma.classifier import FEATURE_DIM, classifier_info, file_sha256
+from trilemma.classifier import FEATURE_DIM, classifier_info
 from trilemma.columns import Column
 from trilemma.errors import TrilemmaError
 from trilemma.hookspecs import hookimpl
-from trilemma.metrics import EvalContext, Metric
+from trilemma.metrics import EvalContext, Metric, ReportSection
+from trilemma.metrics.features import AUTOENCODER, CLASSIFIER, FeatureSpace
+from trilemma.pinned import file_sha256
 from trilemma.settings import Setting, existing_file
 
-MNIST_EXTRACTOR = "mnist-classifier"
+MNIST_EXTRACTOR = CLASSIFIER.extractor
 INCEPTION_EXTRACTOR = "inception-v3-compat"
 INCEPTION_FEATURE_DIM = 2048
 # Where torch-fidelity's own download of the Inception weights would have put them.
 INCEPTION_CACHE_FILE = "weights-inception-2015-12-05-6726825d.pth"
 KID_SUBSET_SIZE = 1000
+#: A row whose share of samples inside a real digit's k-NN ball in the autoencoder's code (its
+#: ``ae_precision``) is below this is marked unlike digits. ``trilemma sanity`` holds the rule to
+#: its sets: at 1,000 samples every digit set (noise σ ≤ 0.2, blur σ ≤ 1.5 px, one class) scores
+#: ≥ 0.9 and blobs, pixel noise and black ≤ 0.01.
+REALISM_THRESHOLD = 0.5
+REALISM_MARK = "⚠ unlike digits"
+#: Rows whose rank differs by at least this many places between the two spaces are named.
+RANK_GAP = 3
 
 
-def register_extractor() -> None:
-    """Register the classifier with torch-fidelity once, on first use (no import-time side effects)."""
+def register_extractors() -> None:
+    """Register the pinned networks with torch-fidelity once, on first use (no import-time side effects)."""
     import torch_fidelity
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-    from trilemma.metrics.fidelity_extractor import MnistClassifierExtractor
+    from trilemma.metrics.fidelity_extractor import EXTRACTORS
 
-    if MNIST_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
-        torch_fidelity.register_feature_extractor(MNIST_EXTRACTOR, MnistClassifierExtractor)
+    for name, extractor in EXTRACTORS.items():
+        if name not in FEATURE_EXTRACTORS_REGISTRY:
+            torch_fidelity.register_feature_extractor(name, extractor)
 
 
 class ImageSet(torch.utils.data.Dataset):
@@ -69,21 +82,21 @@ def inception_weights(explicit: Path | None) -> Path | None:
 
 
 def compute_fidelity(generated: torch.Tensor, real: torch.Tensor, *, extractor: str = MNIST_EXTRACTOR,
-                     reference_name: str | None = None, cache_dir: Path | None = None,
+                     dim: int = FEATURE_DIM, reference_name: str | None = None, cache_dir: Path | None = None,
                      weights_path: Path | None = None, device: torch.device | str = "cpu",
                      batch_size: int = 500, seed: int = 0,
                      metrics: tuple[str, ...] = ("fid", "isc", "kid", "prc")) -> dict[str, float]:
     """FID, IS, KID and precision/recall of ``generated`` against ``real`` (N×1×28×28, uint8 or
-    floats in [0, 1]). ``reference_name`` caches the real features under ``cache_dir``; it must
-    identify the split, the extractor and its weights. ``metrics`` picks a subset; the columns of
-    the others are NaN."""
-    register_extractor()
+    floats in [0, 1]), in ``extractor``'s ``dim`` features. ``reference_name`` caches the real
+    features under ``cache_dir``; it must identify the split, the extractor and its weights.
+    ``metrics`` picks a subset; the columns of the others are NaN."""
+    register_extractors()
     n_gen, n_real = len(generated), len(real)
-    dim = INCEPTION_FEATURE_DIM if extractor == INCEPTION_EXTRACTOR else FEATURE_DIM
+    dim = INCEPTION_FEATURE_DIM if extractor == INCEPTION_EXTRACTOR else dim
     if min(n_gen, n_real) < 2:
         raise TrilemmaError(f"fidelity metrics need at least 2 samples per input, got {n_gen} generated, {n_real} real")
     with_fid = min(n_gen, n_real) > dim and "fid" in metrics
-    if "fid" in metrics and not with_fid and extractor == MNIST_EXTRACTOR:
+    if "fid" in metrics and not with_fid and extractor != INCEPTION_EXTRACTOR:
         raise TrilemmaError(
             f"FID with {extractor} needs more samples than feature dimensions ({dim}); "
             f"got {n_gen} generated and {n_real} real: raise the preset's eval_samples"
@@ -115,36 +128,53 @@ def reference_cache_name(dataset: str, split: str, n: int, extractor: str, weigh
     return f"trilemma-{dataset}-{split}-{n}-{extractor}-{weights_sha256[:16]}"
 
 
-class FidelityMetric(Metric):
-    """FID/IS/KID/precision/recall with the MNIST classifier, plus Inception when available."""
+def _fidelity_columns(space: FeatureSpace) -> tuple[Column, ...]:
+    """FID, KID and precision/recall in ``space``; IS and Inception's columns with the classifier."""
+    p, label = space.prefix, f" ({space.label})" if space.label else ""
+    where = f"{space.name} features"
+    main = space is CLASSIFIER
+    columns = [
+        Column(f"{p}fid", better="lower", headline=True, title=f"FID{label}", fmt="{:.2f}",
+               axis="quality" if main else None, description=f"Fréchet distance of {where}, generated vs real test split"),
+        *([Column("is_mean", better="higher", headline=True, title="IS", fmt="{:.2f}",
+                  description="Inception Score on classifier logits"), Column("is_std")] if main else []),
+        Column(f"{p}kid_mean", better="lower", headline=main, title=f"KID{label}", fmt="{:.4f}",
+               description=f"kernel inception distance of {where}"),
+        Column(f"{p}kid_std"),
+        Column(f"{p}precision", better="higher", headline=True, title=f"precision{label}", fmt="{:.3f}",
+               description=f"improved precision (k=3) in {where}: share of samples inside a real sample's k-NN ball"),
+        Column(f"{p}recall", judged="coverage", better="higher", headline=main, title=f"recall{label}", fmt="{:.3f}",
+               description=f"improved recall (k=3) in {where}"),
+    ]
+    if main:
+        columns += [
+            Column("inception_fid", better="lower", optional=True,
+                   description="FID on Inception-v3 features (with --inception-weights)"),
+            Column("inception_is_mean", better="higher", optional=True),
+            Column("inception_is_std", optional=True),
+            Column("inception_kid_mean", better="lower", optional=True),
+            Column("inception_kid_std", optional=True),
+        ]
+    return tuple(columns)
 
-    name = "fidelity"
+
+class FidelityMetric(Metric):
+    """FID/KID/precision/recall in one feature space (``fidelity``: the classifier's, with IS and,
+    when its weights are there, Inception's; ``fidelity-autoencoder``: the autoencoder's)."""
+
     reference_split = "test"
     needs = ("samples", "real", "features")
-    columns = (
-        Column("fid", better="lower", headline=True, title="FID", fmt="{:.2f}", axis="quality",
-               description="Fréchet distance of classifier features, generated vs real test split"),
-        Column("is_mean", better="higher", headline=True, title="IS", fmt="{:.2f}",
-               description="Inception Score on classifier logits"),
-        Column("is_std"),
-        Column("kid_mean", better="lower", headline=True, title="KID", fmt="{:.4f}"),
-        Column("kid_std"),
-        Column("precision", better="higher", headline=True, fmt="{:.3f}", description="improved precision (k=3)"),
-        Column("recall", judged="coverage", better="higher", headline=True, fmt="{:.3f}", description="improved recall (k=3)"),
-        Column("inception_fid", better="lower", optional=True,
-               description="FID on Inception-v3 features (with --inception-weights)"),
-        Column("inception_is_mean", better="higher", optional=True),
-        Column("inception_is_std", optional=True),
-        Column("inception_kid_mean", better="lower", optional=True),
-        Column("inception_kid_std", optional=True),
-    )
     protocol_keys = ("extractor", "extractor_sha256", "generated_samples", "real_samples", "input2")
-    settings = (
-        Setting("inception_weights", parse=Path, flag="--inception-weights", check=existing_file,
-                help="Inception-v3 weights (torch-fidelity's format) for Inception FID/IS/KID; skipped when absent"),
-    )
 
-    def __init__(self) -> None:
+    def __init__(self, space: FeatureSpace = CLASSIFIER, realism_threshold: float | None = None) -> None:
+        self.space = space
+        self.realism_threshold = realism_threshold
+        self.name = "fidelity" if space is CLASSIFIER else f"fidelity-{space.name}"
+        self.columns = _fidelity_columns(space)
+        self.settings = (
+            Setting("inception_weights", parse=Path, flag="--inception-weights", check=existing_file,
+                    help="Inception-v3 weights (torch-fidelity's format) for Inception FID/IS/KID; skipped when absent"),
+        ) if space is CLASSIFIER else ()
         self._told_no_inception = False
 
     def applies_to(self, dataset) -> bool:
@@ -152,13 +182,18 @@ class FidelityMetric(Metric):
 
     def compute(self, ctx: EvalContext) -> dict[str, Any]:
         real = ctx.data[self.reference_split].images
-        info = classifier_info()
-        row = compute_fidelity(
-            ctx.samples.images, real, extractor=MNIST_EXTRACTOR, device=ctx.device, seed=ctx.seed,
+        space = self.space
+        raw = compute_fidelity(
+            ctx.samples.images, real, extractor=space.extractor, dim=space.dim, device=ctx.device, seed=ctx.seed,
             reference_name=reference_cache_name(ctx.dataset.name, self.reference_split, len(real),
-                                                MNIST_EXTRACTOR, info.sha256),
+                                                space.extractor, space.sha256()),
             cache_dir=ctx.cache_dir,
+            metrics=("fid", "isc", "kid", "prc") if space is CLASSIFIER else ("fid", "kid", "prc"),
         )
+        row = {f"{space.prefix}{key}": value for key, value in raw.items()
+               if space is CLASSIFIER or not key.startswith("is_")}
+        if space is not CLASSIFIER:
+            return row
         weights = inception_weights(ctx.settings.get("inception_weights"))
         if weights is None:
             if not self._told_no_inception:
@@ -176,33 +211,83 @@ class FidelityMetric(Metric):
         row.update({f"inception_{key}": inception[key] for key in ("fid", "is_mean", "is_std", "kid_mean", "kid_std")})
         return row
 
+    def marks(self, row: Mapping[str, Any]) -> list[str]:
+        share = row.get(f"{self.space.prefix}precision", math.nan)
+        if self.realism_threshold is None or not isinstance(share, float) or not math.isfinite(share):
+            return []
+        return [REALISM_MARK] if share < self.realism_threshold else []
+
+    def report_section(self, frame: pd.DataFrame) -> ReportSection | None:
+        """Where this space and the classifier's order the rows differently, and the realism marks."""
+        p = self.space.prefix
+        if self.space is CLASSIFIER or f"{p}fid" not in frame or not frame[f"{p}fid"].notna().any():
+            return None
+        ok = frame[frame["status"] == "ok"]
+        pairs = [(name, f"{p}{name}") for name in ("fid", "precision", "recall", "density", "knn_coverage")
+                 if name in ok and f"{p}{name}" in ok]
+        means = ok.groupby(["model", "sampler"], sort=False)[[c for pair in pairs for c in pair]].mean().reset_index()
+        label = self.space.label
+        table = pd.DataFrame({"model": means["model"], "sampler": means["sampler"]})
+        notes = []
+        for name, other in pairs:
+            table[name] = means[name].map("{:.3g}".format)
+            table[f"{name} ({label})"] = means[other].map("{:.3g}".format)
+            both = means[[name, other]].dropna()
+            if len(both) >= 3:
+                tau = both[name].corr(both[other], method="kendall")
+                notes.append(f"{name}: Kendall τ between the spaces' orders of the rows = {tau:.2f}.")
+        if "fid" in means and len(means) >= 3:
+            rank, other_rank = means["fid"].rank(), means[f"{p}fid"].rank()
+            table["FID rank"] = [f"{a:g} → {b:g}" for a, b in zip(rank, other_rank, strict=True)]
+            moved = [f"{r.model}/{r.sampler} ({a:g} → {b:g})" for r, a, b
+                     in zip(means.itertuples(), rank, other_rank, strict=True) if abs(a - b) >= RANK_GAP]
+            notes.insert(0, f"FID ranks (1 = best) in the classifier's space → the {self.space.name}'s: "
+                            + (f"rows {RANK_GAP}+ places apart: " + "; ".join(moved) + "." if moved
+                               else f"no row moves {RANK_GAP} or more places."))
+        if self.realism_threshold is not None:
+            share = means[f"{p}precision"]
+            table["realism"] = [REALISM_MARK if v < self.realism_threshold else "" for v in share.fillna(1.0)]
+            marked = [f"{r.model}/{r.sampler}" for r, v in zip(means.itertuples(), share, strict=True)
+                      if v < self.realism_threshold]
+            notes.insert(0, f"{REALISM_MARK}: fewer than {self.realism_threshold:.0%} of the row's samples lie inside "
+                            f"a real test digit's k-NN ball (k=3) in the {self.space.name}'s code (precision ({label})). "
+                            "`trilemma sanity` calibrates the rule: every set of real digits, noisy (σ ≤ 0.2), blurred "
+                            "(σ ≤ 1.5 px) or of one class, is above it, and blobs, pixel noise and black are below. "
+                            + (f"Marked: {', '.join(marked)}." if marked else "No row is marked."))
+        return ReportSection(f"Two feature spaces: classifier and {self.space.name}", table, notes)
+
     def protocol(self, ctx: EvalContext) -> dict[str, Any]:
         from importlib.metadata import version
 
         library = f"torch-fidelity {version('torch-fidelity')}"
+        space, sha256 = self.space, self.space.sha256()
+        real = len(ctx.data[self.reference_split].labels)
+        kid_subset = min(KID_SUBSET_SIZE, ctx.preset.eval_samples)
+        described = {"library": library, "input1": "generated samples",
+                     "input2": f"real {ctx.dataset.name} {self.reference_split} split",
+                     "extractor": space.extractor, "extractor_sha256": sha256, "generated_samples": ctx.preset.eval_samples,
+                     "real_samples": real, "kid_subset_size": kid_subset}
+        summary = (f"{library}; input 1 = generated samples, input 2 = real {ctx.dataset.name} {self.reference_split} "
+                   f"split ({real} images); {ctx.preset.eval_samples} generated samples per row; extractor "
+                   f"{space.extractor} (SHA-256 {sha256[:16]}…")
+        if space is not CLASSIFIER:
+            from trilemma.autoencoder import autoencoder_info
+
+            return {**described, "summary": f"{summary}, {space.description}, test reconstruction BCE "
+                                            f"{autoencoder_info().test_bce} nats/pixel); KID subset {kid_subset}",
+                    "features": {"fid": space.description, "kid": "features", "prc": "features (k=3)"}}
         info = classifier_info()
         weights = inception_weights(ctx.settings.get("inception_weights"))
         inception = (f"{weights.name} (SHA-256 {file_sha256(weights)[:16]}…): first {ctx.preset.eval_samples} real "
                      "images of the split, 3 repeated channels" if weights else "skipped: no weights")
-        real = len(ctx.data[self.reference_split].labels)
-        return {
-            "summary": f"{library}; input 1 = generated samples, input 2 = real "
-                       f"{ctx.dataset.name} {self.reference_split} split ({real} images); {ctx.preset.eval_samples} "
-                       f"generated samples per row; extractor {MNIST_EXTRACTOR} (SHA-256 {info.sha256[:16]}…, test "
-                       f"accuracy {info.test_accuracy}); KID subset {min(KID_SUBSET_SIZE, ctx.preset.eval_samples)}; "
-                       f"Inception: {inception}",
-            "library": library,
-            "input1": "generated samples", "input2": f"real {ctx.dataset.name} {self.reference_split} split",
-            "extractor": MNIST_EXTRACTOR, "extractor_sha256": info.sha256,
-            "extractor_test_accuracy": info.test_accuracy,
-            "features": {"fid": "features (128-d)", "kid": "features", "prc": "features (k=3)", "isc": "logits"},
-            "generated_samples": ctx.preset.eval_samples,
-            "real_samples": real,
-            "kid_subset_size": min(KID_SUBSET_SIZE, ctx.preset.eval_samples), "isc_splits": 10,
-            "inception": inception,
-        }
+        return {**described,
+                "summary": f"{summary}, test accuracy {info.test_accuracy}); KID subset {kid_subset}; Inception: {inception}",
+                "extractor_test_accuracy": info.test_accuracy,
+                "features": {"fid": "features (128-d)", "kid": "features", "prc": "features (k=3)", "isc": "logits"},
+                "isc_splits": 10, "inception": inception}
 
 
 @hookimpl
 def register_metrics(register: Callable[..., None]) -> None:
-    register(FidelityMetric())
+    register(FidelityMetric(CLASSIFIER))
+    register(FidelityMetric(AUTOENCODER, realism_threshold=REALISM_THRESHOLD))
