@@ -6,11 +6,12 @@ import scipy.linalg
 import torch
 import torchvision.transforms.functional as TF
 
-from trilemma.classifier import asset_path, classifier_info, classify, file_sha256, load_classifier
+from trilemma.classifier import classifier_info, classify, load_classifier
 from trilemma.data import stack_mnist
 from trilemma.errors import TrilemmaError
 from trilemma.metrics.coverage import class_coverage, classify_stacked, kl_divergence, stacked_coverage
 from trilemma.metrics.fidelity import INCEPTION_EXTRACTOR, compute_fidelity
+from trilemma.pinned import asset_path, file_sha256
 
 
 @pytest.fixture(scope="module")
