@@ -72,3 +72,5 @@ def test_the_sanity_command_writes_its_table_and_blobs_cover_no_class(tmp_path):
     table = pd.read_csv(tmp_path / "results.csv", index_col="set")
     assert table.loc["blobs", "modes_covered"] <= 1 and table.loc["real", "modes_covered"] == 10
     assert table.loc["real", "fid"] < table.loc["noise-0.2", "fid"]
+    assert table.loc["blobs", "ae_fid"] > table.loc["one-class", "ae_fid"]  # the second space
+    assert "| blobs |" in readme and readme.count("⚠ unlike digits") == 3 and "marks:" not in readme
