@@ -163,7 +163,7 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
 
     sanity = sub.add_parser("sanity", help="score sample sets of known order (real, noisy, blurred, blobs, noise, "
                                            "one class...) with every metric and list the pairs each mis-ranks")
-    sanity.add_argument("--samples", type=int, default=1000, help="images per set (default 1000)")
+    sanity.add_argument("--samples", type=int, default=1000, help="images per set, 10 to 5000 (default 1000)")
     sanity.add_argument("--out", type=Path, help="write results.csv and README.md here")
     sanity.add_argument("--data-dir", type=Path, help="where MNIST lives (default ~/.cache/trilemma)")
     sanity.add_argument("--device", default="cpu")
@@ -337,8 +337,9 @@ def cmd_run(args: argparse.Namespace, registries: Registries) -> int:
 def cmd_sanity(args: argparse.Namespace, registries: Registries) -> int:
     from trilemma.sanity import run_sanity
 
-    if args.samples < 10:
-        print("trilemma sanity: --samples must be at least 10", file=sys.stderr)
+    if not 10 <= args.samples <= 5000:
+        print("trilemma sanity: --samples must be between 10 and 5000 (the sets come from half the test split)",
+              file=sys.stderr)
         return EXIT_USAGE
     table, problems = run_sanity(registries, args.samples, args.out, args.data_dir, args.device)
     print(f"{len(table)} sets scored; {len(problems)} mis-ranked pairs" + (f"; written to {args.out}" if args.out else ""))

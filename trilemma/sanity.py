@@ -1,6 +1,6 @@
 """The metric sanity suite: sample sets whose order a person knows, scored by every installed metric.
 
-Real test digits; the same with Gaussian noise and with blur at growing strength, all still legible
+Real test digits (held out from the reference the metrics compare with); the same with Gaussian noise and with blur at growing strength, all still legible
 (each metric must be monotone in the degradation); half the classes; one class; smooth blobs
 (thresholded low-frequency noise); pixel noise; all black; training copies. ``check`` lists every
 pair a column with a better direction puts in the wrong order, in its declared direction and as its
@@ -71,6 +71,17 @@ def sample_sets(data: Mapping[str, Split], n: int, seed: int = 0) -> dict[str, t
     return sets
 
 
+def held_out(data: Mapping[str, Split]) -> tuple[dict[str, Split], dict[str, Split]]:
+    """(what the metrics see, what the sets are drawn from): the test split's first half is the metrics'
+    reference, its second half the sets' source, so that no set's image (or the original of a noisy
+    or blurred one) is in the reference; a set drawn from the reference itself would be inside its
+    own k-NN balls and look more real than any model's samples can."""
+    test, half = data["test"], len(data["test"].images) // 2
+    reference = Split(test.images[:half], test.labels[:half], f"{test.source}, first half")
+    source = Split(test.images[half:], test.labels[half:], f"{test.source}, second half")
+    return {**data, "test": reference}, {**data, "test": source}
+
+
 def run_sanity(registries: Any, n: int, out: Path | None, data_dir: Path | None = None, device: str = "cpu",
                seed: int = 0, log: Callable[[str], None] = print) -> tuple[dict[str, dict[str, float]], list[Misranking]]:
     """Score every set with every installed metric, check the orders, write ``out`` when given."""
@@ -81,7 +92,7 @@ def run_sanity(registries: Any, n: int, out: Path | None, data_dir: Path | None 
     from trilemma.sampling import Samples
 
     dataset = registries.datasets["mnist"]
-    data = load_data(dataset, data_dir)
+    data, pool = held_out(load_data(dataset, data_dir))
     metrics = {entry.name: entry.item for entry in registries.metrics.in_order()}
     cache_dir = Path(data_dir or default_data_dir()) / "fidelity-cache"
     torch_device = torch.device(device)
@@ -91,7 +102,7 @@ def run_sanity(registries: Any, n: int, out: Path | None, data_dir: Path | None 
                            samples=Samples(images, math.nan, math.nan), dataset=dataset, data=data,
                            device=torch_device, preset=PRESETS["quick"], seed=seed, cache_dir=cache_dir, log=log)
 
-    table = score_sets(sample_sets(data, n, seed), metrics, context, log)
+    table = score_sets(sample_sets(pool, n, seed), metrics, context, log)
     columns = ranked_columns(metrics)
     problems = check(table, columns) + check_marks(table, metrics)
     if out is not None:
@@ -217,7 +228,8 @@ def write_report(out: Path, table: Mapping[str, Mapping[str, float]], columns: M
         head["marks"] = [marks.get(name, "") for name in head.index]
     lines = ["# Metric sanity", "",
              f"`trilemma sanity --samples {n}`: sample sets whose order a person knows, scored by every installed "
-             "metric that scores samples (speed and likelihood need a model and score nothing here). Expected, for each "
+             "metric that scores samples, against the first half of the MNIST test split; the sets come from its second "
+             "half (and the training split for the copies), so no set's image is in the reference (speed and likelihood need a model and score nothing here). Expected, for each "
              "column with a better direction as it declares itself judged: each degradation (Gaussian noise σ "
              f"{', '.join(f'{s:g}' for s in NOISE)}; blur σ {', '.join(f'{s:g}' for s in BLUR)} px) worse than real and "
              "monotone; digits of any of these qualities above blobs, pixel noise and black; on coverage columns, fewer "
