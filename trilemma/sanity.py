@@ -1,7 +1,7 @@
 """The metric sanity suite: sample sets whose order a person knows, scored by every installed metric.
 
-Real test digits (held out from the reference the metrics compare with); the same with Gaussian noise and with blur at growing strength, all still legible
-(each metric must be monotone in the degradation); half the classes; one class; smooth blobs
+Real test digits (held out from the reference the metrics compare with); the same with Gaussian
+noise and with blur at growing strength, all still legible (each metric must be monotone in the degradation); half the classes; one class; smooth blobs
 (thresholded low-frequency noise); pixel noise; all black; training copies. ``check`` lists every
 pair a column with a better direction puts in the wrong order, in its declared direction and as its
 ``Column.judged`` says: each degradation worse than real and monotone, digits of any of these
@@ -229,7 +229,8 @@ def write_report(out: Path, table: Mapping[str, Mapping[str, float]], columns: M
     lines = ["# Metric sanity", "",
              f"`trilemma sanity --samples {n}`: sample sets whose order a person knows, scored by every installed "
              "metric that scores samples, against the first half of the MNIST test split; the sets come from its second "
-             "half (and the training split for the copies), so no set's image is in the reference (speed and likelihood need a model and score nothing here). Expected, for each "
+             "half (and the training split for the copies), so no set's image is in the reference (speed and "
+             "likelihood need a model and score nothing here). Expected, for each "
              "column with a better direction as it declares itself judged: each degradation (Gaussian noise σ "
              f"{', '.join(f'{s:g}' for s in NOISE)}; blur σ {', '.join(f'{s:g}' for s in BLUR)} px) worse than real and "
              "monotone; digits of any of these qualities above blobs, pixel noise and black; on coverage columns, fewer "
