@@ -1,8 +1,9 @@
 """The metric sanity suite: sample sets whose order a person knows, scored by every installed metric.
 
 Real test digits (held out from the reference the metrics compare with); the same with Gaussian
-noise and with blur at growing strength, all still legible (each metric must be monotone in the degradation); half the classes; one class; smooth blobs
-(thresholded low-frequency noise); pixel noise; all black; training copies. ``check`` lists every
+noise and with blur at growing strength, all still legible (each metric must be monotone in the
+degradation); half the classes; one class; smooth blobs (thresholded low-frequency noise); pixel
+noise; all black; training copies. ``check`` lists every
 pair a column with a better direction puts in the wrong order, in its declared direction and as its
 ``Column.judged`` says: each degradation worse than real and monotone, digits of any of these
 qualities above blobs, noise and black, and for coverage columns fewer classes worse. Metrics that
