@@ -33,6 +33,7 @@ BUILTIN_MODULES = (
     "trilemma.metrics.speed",
     "trilemma.metrics.coverage",
     "trilemma.metrics.density",
+    "trilemma.metrics.realism",
     "trilemma.metrics.memorization",
     "trilemma.metrics.likelihood",
     "trilemma.executors",

@@ -72,14 +72,17 @@ def sample_sets(data: Mapping[str, Split], n: int, seed: int = 0) -> dict[str, t
     return sets
 
 
-def held_out(data: Mapping[str, Split]) -> tuple[dict[str, Split], dict[str, Split]]:
-    """(what the metrics see, what the sets are drawn from): the test split's first half is the metrics'
-    reference, its second half the sets' source, so that no set's image (or the original of a noisy
-    or blurred one) is in the reference; a set drawn from the reference itself would be inside its
-    own k-NN balls and look more real than any model's samples can."""
-    test, half = data["test"], len(data["test"].images) // 2
-    reference = Split(test.images[:half], test.labels[:half], f"{test.source}, first half")
-    source = Split(test.images[half:], test.labels[half:], f"{test.source}, second half")
+def held_out(data: Mapping[str, Split], seed: int = 0) -> tuple[dict[str, Split], dict[str, Split]]:
+    """(what the metrics see, what the sets are drawn from): a random half of the test split is the
+    metrics' reference, the other half the sets' source, so that no set's image (or the original of
+    a noisy or blurred one) is in the reference; a set drawn from the reference itself would be inside
+    its own k-NN balls and look more real than any model's samples can. Random, not the first and
+    second halves: MNIST's first 5,000 test digits come from other writers than its last 5,000."""
+    test = data["test"]
+    order = torch.randperm(len(test.images), generator=torch.Generator().manual_seed(seed))
+    halves = order[: len(order) // 2], order[len(order) // 2 :]
+    reference, source = (Split(test.images[i], test.labels[i], f"{test.source}, random half {k + 1} of 2")
+                         for k, i in enumerate(halves))
     return {**data, "test": reference}, {**data, "test": source}
 
 
@@ -229,7 +232,7 @@ def write_report(out: Path, table: Mapping[str, Mapping[str, float]], columns: M
         head["marks"] = [marks.get(name, "") for name in head.index]
     lines = ["# Metric sanity", "",
              f"`trilemma sanity --samples {n}`: sample sets whose order a person knows, scored by every installed "
-             "metric that scores samples, against the first half of the MNIST test split; the sets come from its second "
+             "metric that scores samples, against a random half of the MNIST test split; the sets come from the other "
              "half (and the training split for the copies), so no set's image is in the reference (speed and "
              "likelihood need a model and score nothing here). Expected, for each "
              "column with a better direction as it declares itself judged: each degradation (Gaussian noise σ "

@@ -20,7 +20,7 @@ from trilemma.cache import CACHE
 from trilemma.columns import Column
 from trilemma.hookspecs import hookimpl
 from trilemma.metrics import EvalContext, Metric
-from trilemma.metrics.features import AUTOENCODER, CLASSIFIER, FeatureSpace, real_features, sample_features
+from trilemma.metrics.features import AUTOENCODER, CLASSIFIER, FeatureSpace, content_key, real_features, sample_features
 from trilemma.metrics.knn import nearest_distances, within_radius_counts
 
 NEIGHBOURS = 5  # the paper's k
@@ -58,7 +58,9 @@ class DensityCoverageMetric(Metric):
         fake = sample_features(ctx, self.space)
         n = min(len(fake), len(ctx.data["test"].images))
         real = real_features(self.space, ctx.dataset.name, "test", ctx.data["test"], ctx.device, n, ctx.cache_dir)
-        radii = CACHE.get("density-radii", (self.space.name, ctx.dataset.name, n, NEIGHBOURS, str(real.device)),
+        cache_key = (self.space.name, ctx.dataset.name, n, content_key(ctx.data["test"].images[:n]), NEIGHBOURS,
+                     str(real.device))
+        radii = CACHE.get("density-radii", cache_key,
                           lambda: nearest_distances(real, real, k=NEIGHBOURS, exclude_self=True, squared=True))
         values = density_coverage(real, fake, squared_radii=radii)
         return {f"{self.space.prefix}{key}": value for key, value in values.items()}

@@ -104,13 +104,22 @@ def sample_features(ctx: EvalContext, space: FeatureSpace) -> torch.Tensor:
     return ctx.cache[key]
 
 
-def _real_cached(kind: str, dataset: str, split_name: str, n: int, device: Any, sha256: str,
+def content_key(images: torch.Tensor) -> str:
+    """A short hash of the images' bytes: caches of real features are keyed by what was encoded, not
+    by a split's name and size (``trilemma sanity`` measures against half a split, for one)."""
+    import hashlib
+
+    return hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _real_cached(kind: str, dataset: str, split_name: str, images: torch.Tensor, device: Any, sha256: str,
                  cache_dir: Path | None, compute: Callable[[], Any]) -> Any:
-    key = (kind, dataset, split_name, n, str(device))
+    n, content = len(images), content_key(images)
+    key = (kind, dataset, split_name, n, content, str(device))
     held = CACHE.peek("real-features", key)
     if held is not None:
         return held
-    path = Path(cache_dir) / f"trilemma-{dataset}-{split_name}-{n}-{kind}-{sha256[:16]}.pt" if cache_dir else None
+    path = Path(cache_dir) / f"trilemma-{dataset}-{split_name}-{n}-{content}-{kind}-{sha256[:16]}.pt" if cache_dir else None
     if path is not None and path.exists():
         try:
             found = torch.load(path, weights_only=True)
@@ -129,9 +138,9 @@ def _real_cached(kind: str, dataset: str, split_name: str, n: int, device: Any, 
 def real_outputs(dataset: str, split_name: str, split: Split, device: torch.device | str = "cpu",
                  n: int | None = None, cache_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` (default all) images of a real split through the classifier: once per
-    process, and once per machine with ``cache_dir`` (keyed by the split, n and the classifier's hash)."""
+    process, and once per machine with ``cache_dir`` (keyed by the images' content and the classifier's hash)."""
     n = len(split.images) if n is None else min(n, len(split.images))
-    return _real_cached("classifier", dataset, split_name, n, device, CLASSIFIER.sha256(), cache_dir,
+    return _real_cached("classifier", dataset, split_name, split.images[:n], device, CLASSIFIER.sha256(), cache_dir,
                         lambda: classifier_outputs(split.images[:n], device))
 
 
@@ -142,5 +151,5 @@ def real_features(space: FeatureSpace, dataset: str, split_name: str, split: Spl
     if space is CLASSIFIER:
         return real_outputs(dataset, split_name, split, device, n, cache_dir)[0]
     n = len(split.images) if n is None else min(n, len(split.images))
-    return _real_cached(space.name, dataset, split_name, n, device, space.sha256(), cache_dir,
+    return _real_cached(space.name, dataset, split_name, split.images[:n], device, space.sha256(), cache_dir,
                         lambda: space.features(split.images[:n], device))

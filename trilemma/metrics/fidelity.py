@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from trilemma.columns import Column
 from trilemma.errors import TrilemmaError
 from trilemma.hookspecs import hookimpl
 from trilemma.metrics import EvalContext, Metric, ReportSection
-from trilemma.metrics.features import AUTOENCODER, CLASSIFIER, FeatureSpace
+from trilemma.metrics.features import AUTOENCODER, CLASSIFIER, FeatureSpace, content_key
 from trilemma.pinned import file_sha256
 from trilemma.settings import Setting, existing_file
 
@@ -34,13 +34,6 @@ INCEPTION_FEATURE_DIM = 2048
 # Where torch-fidelity's own download of the Inception weights would have put them.
 INCEPTION_CACHE_FILE = "weights-inception-2015-12-05-6726825d.pth"
 KID_SUBSET_SIZE = 1000
-#: A row whose share of samples inside a real digit's k-NN ball in the autoencoder's code (its
-#: ``ae_precision``) is below this is marked unlike digits. ``trilemma sanity`` holds the rule to
-#: its sets: at 1,000 held-out samples every set of digits (noise σ ≤ 0.2, blur σ ≤ 1.5 px, one
-#: class) scores ≥ 0.66 and blobs, pixel noise and black ≤ 0.001. The mark sits far from both:
-#: it says "mostly not digits", not "blurry" (a blurry VAE scores about 0.5).
-REALISM_THRESHOLD = 0.1
-REALISM_MARK = "⚠ unlike digits"
 #: Rows whose rank differs by at least this many places between the two spaces are named.
 RANK_GAP = 3
 
@@ -125,8 +118,9 @@ def compute_fidelity(generated: torch.Tensor, real: torch.Tensor, *, extractor: 
     return {ours: raw.get(theirs, math.nan) for ours, theirs in names.items()}
 
 
-def reference_cache_name(dataset: str, split: str, n: int, extractor: str, weights_sha256: str) -> str:
-    return f"trilemma-{dataset}-{split}-{n}-{extractor}-{weights_sha256[:16]}"
+def reference_cache_name(dataset: str, split: str, images: torch.Tensor, extractor: str, weights_sha256: str) -> str:
+    """torch-fidelity's cache name for the features of the real ``images``: their content, the extractor and its weights."""
+    return f"trilemma-{dataset}-{split}-{len(images)}-{content_key(images)}-{extractor}-{weights_sha256[:16]}"
 
 
 def _fidelity_columns(space: FeatureSpace) -> tuple[Column, ...]:
@@ -142,7 +136,7 @@ def _fidelity_columns(space: FeatureSpace) -> tuple[Column, ...]:
         Column(f"{p}kid_mean", better="lower", headline=main, title=f"KID{label}", fmt="{:.4f}",
                description=f"kernel inception distance of {where}"),
         Column(f"{p}kid_std"),
-        Column(f"{p}precision", better="higher", headline=True, title=f"precision{label}", fmt="{:.3f}",
+        Column(f"{p}precision", better="higher", headline=main, title=f"precision{label}", fmt="{:.3f}",
                description=f"improved precision (k=3) in {where}: share of samples inside a real sample's k-NN ball"),
         Column(f"{p}recall", judged="coverage", better="higher", headline=main, title=f"recall{label}", fmt="{:.3f}",
                description=f"improved recall (k=3) in {where}"),
@@ -167,9 +161,8 @@ class FidelityMetric(Metric):
     needs = ("samples", "real", "features")
     protocol_keys = ("extractor", "extractor_sha256", "generated_samples", "real_samples", "input2")
 
-    def __init__(self, space: FeatureSpace = CLASSIFIER, realism_threshold: float | None = None) -> None:
+    def __init__(self, space: FeatureSpace = CLASSIFIER) -> None:
         self.space = space
-        self.realism_threshold = realism_threshold
         self.name = "fidelity" if space is CLASSIFIER else f"fidelity-{space.name}"
         self.columns = _fidelity_columns(space)
         self.settings = (
@@ -186,8 +179,8 @@ class FidelityMetric(Metric):
         space = self.space
         raw = compute_fidelity(
             ctx.samples.images, real, extractor=space.extractor, dim=space.dim, device=ctx.device, seed=ctx.seed,
-            reference_name=reference_cache_name(ctx.dataset.name, self.reference_split, len(real),
-                                                space.extractor, space.sha256()),
+            reference_name=reference_cache_name(ctx.dataset.name, self.reference_split, real, space.extractor,
+                                                space.sha256()),
             cache_dir=ctx.cache_dir,
             metrics=("fid", "isc", "kid", "prc") if space is CLASSIFIER else ("fid", "kid", "prc"),
         )
@@ -206,20 +199,14 @@ class FidelityMetric(Metric):
         inception = compute_fidelity(
             ctx.samples.images, real, extractor=INCEPTION_EXTRACTOR, device=ctx.device, seed=ctx.seed,
             weights_path=weights, cache_dir=ctx.cache_dir,
-            reference_name=reference_cache_name(ctx.dataset.name, self.reference_split, len(real),
-                                                INCEPTION_EXTRACTOR, file_sha256(weights)),
+            reference_name=reference_cache_name(ctx.dataset.name, self.reference_split, real, INCEPTION_EXTRACTOR,
+                                                file_sha256(weights)),
         )
         row.update({f"inception_{key}": inception[key] for key in ("fid", "is_mean", "is_std", "kid_mean", "kid_std")})
         return row
 
-    def marks(self, row: Mapping[str, Any]) -> list[str]:
-        share = row.get(f"{self.space.prefix}precision", math.nan)
-        if self.realism_threshold is None or not isinstance(share, float) or not math.isfinite(share):
-            return []
-        return [REALISM_MARK] if share < self.realism_threshold else []
-
     def report_section(self, frame: pd.DataFrame) -> ReportSection | None:
-        """Where this space and the classifier's order the rows differently, and the realism marks."""
+        """Where this space and the classifier's order the rows differently."""
         p = self.space.prefix
         if self.space is CLASSIFIER or f"{p}fid" not in frame or not frame[f"{p}fid"].notna().any():
             return None
@@ -245,16 +232,6 @@ class FidelityMetric(Metric):
             notes.insert(0, f"FID ranks (1 = best) in the classifier's space → the {self.space.name}'s: "
                             + (f"rows {RANK_GAP}+ places apart: " + "; ".join(moved) + "." if moved
                                else f"no row moves {RANK_GAP} or more places."))
-        if self.realism_threshold is not None:
-            share = means[f"{p}precision"]
-            table["realism"] = [REALISM_MARK if v < self.realism_threshold else "" for v in share.fillna(1.0)]
-            marked = [f"{r.model}/{r.sampler}" for r, v in zip(means.itertuples(), share, strict=True)
-                      if v < self.realism_threshold]
-            notes.insert(0, f"{REALISM_MARK}: fewer than {self.realism_threshold:.0%} of the row's samples lie inside "
-                            f"a real test digit's k-NN ball (k=3) in the {self.space.name}'s code (precision ({label})). "
-                            "`trilemma sanity` calibrates the rule: every set of real digits, noisy (σ ≤ 0.2), blurred "
-                            "(σ ≤ 1.5 px) or of one class, is above it, and blobs, pixel noise and black are below. "
-                            + (f"Marked: {', '.join(marked)}." if marked else "No row is marked."))
         return ReportSection(f"Two feature spaces: classifier and {self.space.name}", table, notes)
 
     def protocol(self, ctx: EvalContext) -> dict[str, Any]:
@@ -291,4 +268,4 @@ class FidelityMetric(Metric):
 @hookimpl
 def register_metrics(register: Callable[..., None]) -> None:
     register(FidelityMetric(CLASSIFIER))
-    register(FidelityMetric(AUTOENCODER, realism_threshold=REALISM_THRESHOLD))
+    register(FidelityMetric(AUTOENCODER))

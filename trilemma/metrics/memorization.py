@@ -28,7 +28,7 @@ from trilemma.cache import CACHE
 from trilemma.columns import Column
 from trilemma.hookspecs import hookimpl
 from trilemma.metrics import EvalContext, Metric, ReportSection
-from trilemma.metrics.features import real_outputs, sample_outputs
+from trilemma.metrics.features import content_key, real_outputs, sample_outputs
 from trilemma.metrics.knn import nearest_distances
 
 HELD_OUT_QUANTILE = 0.05
@@ -85,7 +85,8 @@ class MemorizationMetric(Metric):
         return real_outputs(ctx.dataset.name, "train", ctx.data["train"], ctx.device, cache_dir=ctx.cache_dir)[0]
 
     def _held_out(self, ctx: EvalContext, space: str, n: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        return CACHE.get("memorization-held-out", (ctx.dataset.name, space, n), compute)
+        key = (ctx.dataset.name, space, n, content_key(ctx.data["test"].images[:n]), len(ctx.data["train"].images))
+        return CACHE.get("memorization-held-out", key, compute)
 
     def protocol(self, ctx: EvalContext) -> dict[str, Any]:
         n = min(ctx.preset.eval_samples, len(ctx.data["test"].images))
