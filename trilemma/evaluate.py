@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,8 +54,10 @@ def evaluate_sampler(model: GenerativeModel, model_name: str, sampler_name: str,
     """Draw ``preset.eval_samples`` samples, save their grid, and compute every metric that applies
     to ``dataset``. Raises ``MetricsFailed`` (with the other metrics' columns) if any metric fails."""
     where = f"{model_name}/{sampler_name}"
+    started = time.perf_counter()
     samples = draw(model, sampler, preset.eval_samples, batch_size=preset.sample_batch_size,
                    seed=seed, where=where, progress=progress)
+    drawn = time.perf_counter() - started
     check = samples.nfe_check
     if check.hook_nfe == 0:
         raise BadSamples(f"{where} called none of its sampling_networks() through their forward hooks "
@@ -64,7 +67,8 @@ def evaluate_sampler(model: GenerativeModel, model_name: str, sampler_name: str,
     base = EvalContext(model=model, model_name=model_name, sampler_name=sampler_name, sampler=sampler,
                        samples=samples, dataset=dataset, data=data, device=model.device, preset=preset, seed=seed,
                        cache_dir=cache_dir, log=log)
-    columns: dict[str, Any] = {"sampling_params": check.sampling_params}  # the parameters the draw used
+    # The parameters the draw used, and where the row's time goes.
+    columns: dict[str, Any] = {"sampling_params": check.sampling_params, "seconds_draw": drawn}
     protocols: dict[str, dict[str, Any]] = {}
     errors = []
     images, pristine = samples.images, samples.images.clone()
@@ -72,6 +76,7 @@ def evaluate_sampler(model: GenerativeModel, model_name: str, sampler_name: str,
         if not metric.applies_to(dataset):
             continue
         ctx = replace(base, settings=metric_settings.get(metric_name, {}))
+        started = time.perf_counter()
         try:
             values = metric.compute(ctx)
             undeclared = sorted(k for k in values if not any(c.matches(k) for c in metric.columns))
@@ -87,6 +92,7 @@ def evaluate_sampler(model: GenerativeModel, model_name: str, sampler_name: str,
             log(f"{where}: metric {metric_name} failed: {type(exc).__name__}: {exc}")
             errors.append(f"metric {metric_name}: {type(exc).__name__}: {exc}")
         finally:  # whatever a metric did to the shared samples, the next one sees the originals
+            columns[metric_time_column(metric_name)] = time.perf_counter() - started
             samples.images = images
             if not torch.equal(images, pristine):
                 images.copy_(pristine)
@@ -94,6 +100,11 @@ def evaluate_sampler(model: GenerativeModel, model_name: str, sampler_name: str,
     if errors:
         raise MetricsFailed("; ".join(errors), columns, protocols)
     return Evaluation(columns, protocols)
+
+
+def metric_time_column(metric_name: str) -> str:
+    """The harness's column of a metric's time on a row."""
+    return "seconds_metric_" + metric_name.replace("-", "_")
 
 
 def summary(row: Mapping[str, Any], metrics: Mapping[str, Metric]) -> list[str]:

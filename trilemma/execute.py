@@ -8,6 +8,7 @@ fails to build or train gives failed rows for its samplers, a sampler that fails
 from __future__ import annotations
 
 import math
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class ExecutionSettings:
     verbose: bool = False
     metric_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     threads: int | None = None  # torch threads a worker uses (the driver's, so rows match a local run)
+    parallel_cells: int = 1  # cells running at once on this machine (time columns are measured under that sharing)
 
 
 @dataclass
@@ -102,6 +104,14 @@ def _sampler_names(cell: Cell, model_class: type[GenerativeModel] | None) -> lis
         return ["-"]
 
 
+def failed_outcome(cell: Cell, job: Any, exc: BaseException) -> CellOutcome:
+    """Failed rows for a cell whose worker never came back (its sampler names are not known here)."""
+    base = {"model": cell.row_model, "seed": cell.seed, "dataset": cell.dataset, "config_hash": cell.config_hash,
+            "sampler": "-"}
+    job.log(f"{cell.label}: FAILED on the executor: {type(exc).__name__}: {exc}")
+    return CellOutcome(cell, [failure_row(base, exc)])
+
+
 def run_cell_in_worker(cell: Cell, settings: ExecutionSettings, environment: dict[str, str]) -> CellOutcome:
     """``execute_cell`` in another process (a Ray task, a Slurm job): the driver's plugin environment
     (``TRILEMMA_LOAD_PLUGINS``, ``PYTHONPATH`` entries) and thread count, the registries collected here."""
@@ -135,8 +145,10 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
             log("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
     base: dict[str, Any] = {"model": cell.row_model, "seed": cell.seed, "dataset": cell.dataset,
-                            "config_hash": cell.config_hash, "identity": cell.identity_hash}
+                            "config_hash": cell.config_hash, "identity": cell.identity_hash,
+                            "parallel_cells": settings.parallel_cells}
     model_class: type[GenerativeModel] | None = None
+    started = time.perf_counter()
     try:
         model_class = registries.models[cell.model]
         torch.manual_seed(cell.seed)
@@ -147,6 +159,8 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
         # cell an executor retries after its worker died continues from it.
         checkpoint = run_dir.checkpoint(cell.row_model, cell.seed)
         images = training_images(dataset, settings.data_dir, device)
+        peak = device_peak_gflops(device, budget.precision, settings.cache_dir)
+        base["seconds_setup"] = time.perf_counter() - started
         if cell.evaluate_only:
             log(f"{cell.label}: evaluating its finished checkpoint ({checkpoint.name}), no training")
             result = load_trained(model, checkpoint, budget, cell.identity)
@@ -155,8 +169,7 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
             log(f"{cell.label}: training on {preset.work}{cap}, {cell.precision}, {base['params']:,} parameters")
             result = train(model, images, budget, seed=cell.seed, checkpoint=checkpoint, progress=settings.progress,
                            desc=cell.label, log=log, identity=cell.identity)
-        base.update(_train_columns(result, budget, result.flops_per_step,
-                                   device_peak_gflops(device, budget.precision, settings.cache_dir)))
+        base.update(_train_columns(result, budget, result.flops_per_step, peak))
         samplers = bind(model, cell_specs(cell, model_class))
     except KeyboardInterrupt:
         raise

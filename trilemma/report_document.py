@@ -18,6 +18,7 @@ from trilemma.columns import Column, chart_axes
 from trilemma.metrics import ReportSection
 from trilemma.report_protocol import get_path, registered_metrics
 from trilemma.report_stats import KEY, aggregate
+from trilemma.report_time import time_section
 from trilemma.rundir import RunDirectory
 
 SEEDS_NOTE = ("Arrows say which direction is better. With several seeds: mean ± half-width of the 95% bootstrap "
@@ -305,9 +306,11 @@ def run_document(out: RunDirectory, title: str, frame: pd.DataFrame, summary: pd
                  manifests: list[dict[str, Any]], grids: dict[str, Path]) -> ReportDocument:
     """The document of one run or of pooled runs (drawing its figures into ``out``)."""
     from trilemma.report_protocol import columns_of
-
     columns = columns_of(manifests)
     sections = metric_sections(frame, manifests)
+    timing = time_section(frame)
+    if timing is not None:
+        sections.append(timing)
     failures = summary[summary["failed"] > 0]
     return ReportDocument(
         title=title, table=headline_table(summary, columns, row_marks(summary, manifests)),
