@@ -1,9 +1,9 @@
-"""Run the cells of a run on Ray (``trilemma run ... --executor ray [--address ADDR]``).
+"""Run the cells of a run on Ray (``trilemma run ... --executor ray [--ray-address ADDR]``).
 
 Each cell is one Ray task asking for what it needs (a GPU when the run is on CUDA, else CPUs);
 the driver records each outcome as its task finishes. Checkpoints live in the run directory, so it
 must be on a filesystem every node sees; a task whose worker dies is retried by Ray (``max_retries``)
-and continues from its cell's last checkpoint. Without ``--address`` a local Ray instance is started.
+and continues from its cell's last checkpoint. Without ``--ray-address`` a local Ray instance is started.
 Ray is an optional dependency (``pip install 'trilemma[ray]'``), imported only here, only when used.
 """
 
@@ -11,20 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from trilemma.execute import CellOutcome, run_cell_in_worker
+from trilemma.execute import CellOutcome, failed_outcome, run_cell_in_worker
 from trilemma.executor_api import Executor, Job, require
 from trilemma.hookspecs import hookimpl
 from trilemma.settings import Setting
 
 
 class RayExecutor(Executor):
-    """Cells as Ray tasks, on a local instance or the cluster at ``--address``."""
+    """Cells as Ray tasks, on a local instance or the cluster at ``--ray-address``."""
 
     name = "ray"
     settings = (
-        Setting("address", flag="--address", protocol=False,
-                help="Ray cluster to join (ray start --head prints it; 'auto' finds a local one); "
-                     "default: start a local instance"),
+        Setting("address", protocol=False, aliases=("--address",),
+                help="with --executor ray: the Ray cluster to join (ray start --head prints it; 'auto' finds a "
+                     "local one); default: start a local instance (--address is the old name)"),
         Setting("retries", parse=int, default=2, flag="--ray-retries", protocol=False,
                 help="times Ray retries a cell whose worker died (default 2)"),
     )
@@ -55,16 +55,6 @@ class RayExecutor(Executor):
         finally:
             if started_here:
                 ray.shutdown()
-
-
-def failed_outcome(cell, job: Job, exc: BaseException) -> CellOutcome:
-    """Failed rows for a cell whose task never came back (its sampler names are not known here)."""
-    from trilemma.execute import failure_row
-
-    base = {"model": cell.row_model, "seed": cell.seed, "dataset": cell.dataset, "config_hash": cell.config_hash,
-            "sampler": "-"}
-    job.log(f"{cell.label}: FAILED on the executor: {type(exc).__name__}: {exc}")
-    return CellOutcome(cell, [failure_row(base, exc)])
 
 
 @hookimpl

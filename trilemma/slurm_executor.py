@@ -14,10 +14,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from trilemma.execute import CellOutcome, run_cell_in_worker
+from trilemma.execute import CellOutcome, failed_outcome, run_cell_in_worker
 from trilemma.executor_api import Executor, Job, require
 from trilemma.hookspecs import hookimpl
-from trilemma.ray_executor import failed_outcome
 from trilemma.settings import Setting
 
 
