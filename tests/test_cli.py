@@ -15,6 +15,11 @@ from trilemma.cli import main
     (["run"], "name the models to run, or --all"),
     (["run", "--seeds", "0", "tiny"], "argument --seeds: must be a whole number from 1 to 10000, got '0'"),
     (["frobnicate"], "invalid choice"),
+    (["run", "tiyn", "--preset", "smoke"], "unknown model(s) tiyn (did you mean 'tiny'?); valid: "),
+    (["run", "tiny", "--preset", "quik"], "unknown preset 'quik' (did you mean 'quick'?)"),
+    (["run", "tiny", "--set", "tiny.hiden=1"], "unknown field(s) hiden (did you mean 'hidden'?)"),
+    (["run", "tiny", "--dataset", "mnsit"], "unknown dataset 'mnsit' (did you mean 'mnist'?)"),
+    (["run", "tiny", "--executor", "locl"], "unknown executor 'locl' (did you mean 'local'?)"),
 ])
 def test_bad_input_gets_one_line(fake_registries, tmp_path, capsys, args, expected):
     code = main([*args, "--out", str(tmp_path)] if args[0] == "run" else args)
@@ -50,3 +55,15 @@ def test_list_shows_providers(fake_registries, capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "tiny" in out and "fake-models" in out and "fidelity" in out and "stacked-mnist" in out
+
+
+def test_setting_flags_say_their_owner_once(fake_registries):
+    from trilemma.cli import build_parser
+    from trilemma.plugins import collect
+
+    parser = build_parser(collect())
+    given = parser.parse_args(["run", "tiny", "--likelihood-images", "7", "--address", "auto"])
+    assert getattr(given, "setting:metric:likelihood:likelihood_images") == 7
+    assert getattr(given, "setting:executor:ray:address") == "auto"  # the old name of --ray-address
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "tiny", "--likelihood-likelihood-images", "7"])

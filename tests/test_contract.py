@@ -74,6 +74,26 @@ def test_the_hook_examples_register_what_they_say(monkeypatch):
     assert "reversed" in registries.executors
 
 
+def test_the_metric_example_fills_its_column_in_a_run(tmp_path, monkeypatch):
+    """The example must work, not only register: a run's rows carry its column, its flag reaches it."""
+    sections = doc_sections(HOOKS_DOC.read_text())
+    module = types.ModuleType("doc_metric")
+    exec(python_blocks(sections["register_metrics(register)"])[0], module.__dict__)
+    import fake_models
+
+    import trilemma.plugins as plugins
+
+    monkeypatch.setattr(plugins, "collect", lambda pm=None: collect(
+        pm or get_plugin_manager({"fake-models": fake_models, "doc-metric": module})))
+    assert main(["run", "tiny", "--preset", "smoke", "--no-progress", "--out", str(tmp_path / "a")]) == 0
+    assert main(["run", "tiny", "--preset", "smoke", "--no-progress", "--out", str(tmp_path / "b"),
+                 "--brightness-scale", "2"]) == 0
+    a, b = (pd.read_csv(tmp_path / name / "results.csv").iloc[0] for name in ("a", "b"))
+    assert a["status"] == "ok" and 0 < a["mean_brightness"] < 1
+    assert b["mean_brightness"] == pytest.approx(2 * a["mean_brightness"])
+    assert "brightness" in (tmp_path / "a" / "report.md").read_text()
+
+
 def test_the_tutorial_shows_the_example_package_verbatim():
     text = TUTORIAL_DOC.read_text()
     shown = re.findall(r"<!-- example: (\S+) -->\n```\w+\n(.*?)```", text, flags=re.DOTALL)

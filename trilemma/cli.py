@@ -80,8 +80,8 @@ def add_setting_flags(parser: argparse.ArgumentParser, registries: Registries,
             for setting in entry.item.settings:
                 dest = f"setting:{kind}:{entry.name}:{setting.name}"
                 try:
-                    parser.add_argument(setting.flag_for(entry.name), dest=dest, type=setting.parse, default=None,
-                                        metavar=setting.name.upper(),
+                    parser.add_argument(setting.flag_for(entry.name), *setting.aliases, dest=dest, type=setting.parse,
+                                        default=None, metavar=setting.name.upper(),
                                         help=f"{setting.help} ({kind} {entry.name}, {entry.provider})")
                 except argparse.ArgumentError as exc:
                     print(f"warning: {kind} {entry.name} ({entry.provider}): setting {setting.name} not available: "

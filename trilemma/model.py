@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from trilemma.errors import TrilemmaError
+from trilemma.errors import TrilemmaError, did_you_mean
 from trilemma.samplers import SamplerSpec, specs
 from trilemma.values import coerce
 
@@ -60,8 +60,8 @@ class ModelConfig:
         unknown = sorted(set(values) - set(types_))
         if unknown:
             raise TrilemmaError(
-                f"{where or cls.__qualname__}: unknown field(s) {', '.join(unknown)}; "
-                f"valid: {', '.join(sorted(types_))}"
+                f"{where or cls.__qualname__}: unknown field(s) {', '.join(unknown)}"
+                f"{did_you_mean(unknown, types_)}; valid: {', '.join(sorted(types_))}"
             )
         return cls(**{k: coerce(v, types_[k], f"{where}.{k}" if where else k) for k, v in values.items()})
 

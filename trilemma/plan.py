@@ -19,7 +19,7 @@ import torch
 
 from trilemma.datasets import Dataset
 from trilemma.environment import resolve_device, resolve_precision
-from trilemma.errors import TrilemmaError
+from trilemma.errors import TrilemmaError, did_you_mean
 from trilemma.model import ModelConfig, resolve_config
 from trilemma.plugins import Registries
 from trilemma.presets import Preset, get_preset
@@ -201,13 +201,16 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
     """Check the request against the registries and resolve every model's config, budget and samplers."""
     check_consistent(request)
     if request.dataset not in registries.datasets:
-        raise TrilemmaError(f"unknown dataset {request.dataset!r}; valid: {', '.join(registries.datasets.names())}")
+        names = registries.datasets.names()
+        raise TrilemmaError(f"unknown dataset {request.dataset!r}{did_you_mean([request.dataset], names)}; "
+                            f"valid: {', '.join(names)}")
     dataset: Dataset = registries.datasets[request.dataset]
     device = resolve_device(request.device)
     unknown = [m for m in request.models if m not in registries.models]
     if unknown:
         valid = ", ".join(registries.models.names()) or "none installed"
-        raise TrilemmaError(f"unknown model(s) {', '.join(unknown)}; valid: {valid}")
+        raise TrilemmaError(f"unknown model(s) {', '.join(unknown)}{did_you_mean(unknown, registries.models.names())}; "
+                            f"valid: {valid}")
     for flag, given in (("--set", request.overrides), ("--sweep", request.sweeps),
                         ("--sampler", {k: v for k, v in request.samplers.items() if k})):
         stray = sorted(set(given) - set(request.models))
@@ -215,7 +218,9 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
             raise TrilemmaError(f"{flag} names model(s) not in this run: {', '.join(stray)}; "
                                 f"running: {', '.join(request.models)}")
     if request.executor not in registries.executors:
-        raise TrilemmaError(f"unknown executor {request.executor!r}; valid: {', '.join(registries.executors.names())}")
+        names = registries.executors.names()
+        raise TrilemmaError(f"unknown executor {request.executor!r}{did_you_mean([request.executor], names)}; "
+                            f"valid: {', '.join(names)}")
     base = get_preset(request.preset, device.type)
     precision = resolve_precision(request.precision, device)
     models = {}

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from trilemma.errors import TrilemmaError
+from trilemma.errors import TrilemmaError, did_you_mean
 
 #: Training precisions the command line takes.
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -182,5 +182,6 @@ def get_preset(name: str, device_type: str) -> Preset:
     if name == "auto":
         name = "standard" if device_type == "cuda" else "quick"
     if name not in PRESETS:
-        raise TrilemmaError(f"unknown preset {name!r}; valid: {', '.join(PRESET_CHOICES)}")
+        raise TrilemmaError(f"unknown preset {name!r}{did_you_mean([name], PRESET_CHOICES)}; "
+                            f"valid: {', '.join(PRESET_CHOICES)}")
     return PRESETS[name]

@@ -20,7 +20,8 @@ class Setting:
 
     ``parse`` turns the command-line text into the value (``str``, ``int``, ``float``, ``Path``
     or any callable); ``check`` may raise ``TrilemmaError`` for a bad value. ``flag`` defaults to
-    ``--<owner>-<name>``. ``protocol`` says whether the value is part of the measurement protocol.
+    ``--<owner>-<name>`` (the owner said once), and ``aliases`` are accepted too. ``protocol``
+    says whether the value is part of the measurement protocol.
     """
 
     name: str
@@ -30,9 +31,16 @@ class Setting:
     flag: str | None = None
     protocol: bool = True
     check: Callable[[Any], None] | None = None
+    aliases: tuple[str, ...] = ()  # further flags for the same setting (e.g. an old name kept working)
 
     def flag_for(self, owner: str) -> str:
-        return self.flag or f"--{owner}-{self.name}".replace("_", "-")
+        """``flag``, else ``--<owner>-<name>``, the owner said once (``likelihood_images`` of the
+        likelihood metric is ``--likelihood-images``)."""
+        if self.flag:
+            return self.flag
+        prefix = owner.replace("-", "_") + "_"
+        name = self.name.removeprefix(prefix) if self.name.startswith(prefix) else self.name
+        return f"--{owner}-{name}".replace("_", "-")
 
 
 def existing_file(value: Any) -> None:
