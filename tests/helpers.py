@@ -97,3 +97,25 @@ def print_benchmark_table(benchmark, capsys, summary_rows) -> list[str]:
     with capsys.disabled():
         print("\n" + "\n".join(rows))
     return rows
+
+
+def run_and_kill_first_worker(args: list[str], env: dict[str, str], pids: Path, cwd: Path,
+                              timeout: float = 900) -> tuple[int, str, int]:
+    """``trilemma ARGS`` in a process; SIGKILL the first worker that writes its pid to ``pids`` (the
+    victim model does, each training step). Returns (exit code, output, the killed pid)."""
+    import signal
+    import time
+
+    run = subprocess.Popen([sys.executable, "-m", "trilemma", *args], env=env, cwd=cwd,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (pids.exists() and pids.read_text().strip()):
+            time.sleep(0.2)
+        victim = int(pids.read_text().split()[0])
+        os.kill(victim, signal.SIGKILL)
+        output, _ = run.communicate(timeout=timeout)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    return run.returncode, output, victim

@@ -74,17 +74,22 @@ def test_the_hook_examples_register_what_they_say(monkeypatch):
     assert "reversed" in registries.executors
 
 
-def test_the_metric_example_fills_its_column_in_a_run(tmp_path, monkeypatch):
-    """The example must work, not only register: a run's rows carry its column, its flag reaches it."""
+def with_doc_example(monkeypatch, hook: str) -> None:
+    """Collect the fake models and the example of ``hook`` in plugin-hooks.md, as an installed plugin would be."""
     sections = doc_sections(HOOKS_DOC.read_text())
-    module = types.ModuleType("doc_metric")
-    exec(python_blocks(sections["register_metrics(register)"])[0], module.__dict__)
+    module = types.ModuleType(f"doc_{hook}")
+    exec(python_blocks(sections[f"{hook}(register)"])[0], module.__dict__)
     import fake_models
 
     import trilemma.plugins as plugins
 
     monkeypatch.setattr(plugins, "collect", lambda pm=None: collect(
-        pm or get_plugin_manager({"fake-models": fake_models, "doc-metric": module})))
+        pm or get_plugin_manager({"fake-models": fake_models, f"doc-{hook}": module})))
+
+
+def test_the_metric_example_fills_its_column_in_a_run(tmp_path, monkeypatch):
+    """The example must work, not only register: a run's rows carry its column, its flag reaches it."""
+    with_doc_example(monkeypatch, "register_metrics")
     assert main(["run", "tiny", "--preset", "smoke", "--no-progress", "--out", str(tmp_path / "a")]) == 0
     assert main(["run", "tiny", "--preset", "smoke", "--no-progress", "--out", str(tmp_path / "b"),
                  "--brightness-scale", "2"]) == 0
@@ -152,15 +157,7 @@ def test_hooks_go_through_pluggy_wrappers_and_tracing_one_plugin_at_a_time():
 
 
 def test_a_third_party_executor_runs_the_same_rows(tmp_path, monkeypatch):
-    sections = doc_sections(HOOKS_DOC.read_text())
-    module = types.ModuleType("doc_executor")
-    exec(python_blocks(sections["register_executors(register)"])[0], module.__dict__)
-    import fake_models
-
-    import trilemma.plugins as plugins
-
-    monkeypatch.setattr(plugins, "collect", lambda pm=None: collect(
-        pm or get_plugin_manager({"fake-models": fake_models, "doc-executor": module})))
+    with_doc_example(monkeypatch, "register_executors")
     args = ["tiny", "tiny-k3", "--preset", "smoke", "--no-progress"]
     assert main(["run", *args, "--out", str(tmp_path / "local")]) == 0
     assert main(["run", *args, "--out", str(tmp_path / "reversed"), "--executor", "reversed"]) == 0

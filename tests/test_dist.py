@@ -1,8 +1,6 @@
 """Executors on a real local Ray instance and submitit's local executor (``tox -e dist``): the same
 rows as a local run, a killed worker's cell retried, resume after the driver dies."""
 
-import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -10,7 +8,7 @@ import time
 
 import pandas as pd
 import pytest
-from helpers import FAKES_SOURCE, cli_env, trilemma_cli, write_installed_plugin
+from helpers import FAKES_SOURCE, cli_env, run_and_kill_first_worker, trilemma_cli, write_installed_plugin
 
 FAKES = FAKES_SOURCE
 # A model that says which process trains it, so a test can kill that worker mid-cell.
@@ -78,20 +76,10 @@ def test_a_ray_worker_killed_mid_cell_is_retried_and_every_row_arrives(site, tmp
     pids = tmp_path / "pids"
     env = cli_env(site, allow="fakes,victim", TRILEMMA_TEST_PIDS=str(pids), PYTHONUNBUFFERED="1")
     out = tmp_path / "run"
-    run = subprocess.Popen([sys.executable, "-m", "trilemma", "run", "victim", "tiny", "--preset", "smoke", "--steps",
-                            "8", "--executor", "ray", "--out", str(out), "--no-progress"], env=env, cwd=tmp_path,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not (pids.exists() and pids.read_text().strip()):
-            time.sleep(0.2)
-        victim = int(pids.read_text().split()[0])
-        os.kill(victim, signal.SIGKILL)
-        output, _ = run.communicate(timeout=900)
-    finally:
-        if run.poll() is None:
-            run.kill()
-    assert run.returncode == 0, output
+    code, output, victim = run_and_kill_first_worker(
+        ["run", "victim", "tiny", "--preset", "smoke", "--steps", "8", "--executor", "ray", "--out", str(out),
+         "--no-progress"], env, pids, tmp_path)
+    assert code == 0, output
     rows = pd.read_csv(out / "results.csv").set_index("model")
     assert set(rows.index) == {"victim", "tiny"} and (rows["status"] == "ok").all()
     assert rows.loc["victim", "train_steps"] == 8

@@ -82,7 +82,7 @@ def test_the_autoencoder_space_puts_every_digit_set_above_blobs_and_noise(mnist)
 
 
 def test_realism_drops_the_outliers_balls():
-    """One real outlier with a huge ball would call a far-away sample realistic; the median pruning drops it."""
+    """One real outlier with a huge ball would call a far-away sample realistic; dropping the largest balls drops it."""
     real = torch.cat([torch.randn(200, 2) * 0.1, torch.tensor([[5.0, 5.0], [9.0, 9.0]])])
     centres, radii = kept_balls(real)
     assert realistic_share(torch.tensor([[6.0, 6.0]]), centres, radii) == 0

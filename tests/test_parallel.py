@@ -1,15 +1,9 @@
 """Parallel cells on one machine (issue 27, item 2): `--jobs N` runs N cells at once in worker
 processes, with the serial run's rows; a worker that dies fails only its own cell."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pandas as pd
 import pytest
-from helpers import FAKES_SOURCE, cli_env, trilemma_cli, write_installed_plugin
+from helpers import FAKES_SOURCE, cli_env, run_and_kill_first_worker, trilemma_cli, write_installed_plugin
 from test_dist import VICTIM, same_rows
 
 from trilemma.executors import jobs_and_threads
@@ -34,6 +28,7 @@ def test_jobs_divide_the_threads_and_auto_follows_the_cores(monkeypatch):
     assert jobs_and_threads("auto", 4, "cuda") == (1, 4)
 
 
+@pytest.mark.slow
 def test_parallel_cells_give_the_serial_rows_and_say_they_shared_the_machine(site, tmp_path):
     env = cli_env(site, allow="fakes")
     args = ["run", "tiny", "tiny-k3", "--preset", "smoke", "--no-progress"]
@@ -48,23 +43,15 @@ def test_parallel_cells_give_the_serial_rows_and_say_they_shared_the_machine(sit
     assert "cells ran at once" in (tmp_path / "parallel" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_killed_worker_fails_its_own_cell_and_the_others_finish(site, tmp_path):
     pids = tmp_path / "pids"
     env = cli_env(site, allow="fakes,victim", TRILEMMA_TEST_PIDS=str(pids), PYTHONUNBUFFERED="1")
     out = tmp_path / "run"
-    run = subprocess.Popen([sys.executable, "-m", "trilemma", "run", "victim", "tiny", "--preset", "smoke", "--steps",
-                            "40", "--jobs", "2", "--out", str(out), "--no-progress"], env=env, cwd=tmp_path,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not (pids.exists() and pids.read_text().strip()):
-            time.sleep(0.2)
-        os.kill(int(pids.read_text().split()[0]), signal.SIGKILL)
-        output, _ = run.communicate(timeout=600)
-    finally:
-        if run.poll() is None:
-            run.kill()
-    assert run.returncode == 1, output  # a failed row
+    code, output, _ = run_and_kill_first_worker(
+        ["run", "victim", "tiny", "--preset", "smoke", "--steps", "40", "--jobs", "2", "--out", str(out),
+         "--no-progress"], env, pids, tmp_path, timeout=600)
+    assert code == 1, output  # a failed row
     rows = pd.read_csv(out / "results.csv").set_index("model")
     assert rows.loc["tiny", "status"] == "ok"
     assert rows.loc["victim", "status"] == "failed" and "exited with code -9" in rows.loc["victim", "error"]

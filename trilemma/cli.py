@@ -56,6 +56,19 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def curve_fractions(text: str) -> tuple[float, ...]:
+    """``--curves``: ``none``, or increasing shares of the budget in (0, 1), comma-separated."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or any(not 0 < v < 1 for v in values) or list(values) != sorted(set(values)):
+        raise argparse.ArgumentTypeError(f"must be 'none' or increasing shares in (0, 1) such as 0.25,0.5, got {text!r}")
+    return values
+
+
 def parse_overrides(items: Sequence[str], flag: str = "--set") -> dict[str, dict[str, str]]:
     """``model.field=value`` items → ``{model: {field: value}}``."""
     overrides: dict[str, dict[str, str]] = {}
@@ -133,6 +146,9 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
     run.add_argument("--train-seconds", type=positive_seconds,
                      help="cap each model's training at this wall time (recorded; capped rows are marked and "
                           "never compared with uncapped ones)")
+    run.add_argument("--curves", type=curve_fractions, metavar="F1,F2,...|none",
+                     help="learning-curve points as shares of the budget (the preset's by default: quick and up "
+                          "evaluate at 1/8, 1/4, 1/2 and the end); 'none' for no curves")
     run.add_argument("--precision", default="auto", choices=PRECISIONS,
                      help="training precision: bf16 autocast where the device and the model allow it (auto), or fp32")
     run.add_argument("--executor", default="local", help="how cells run (default local, in this process)")
@@ -327,7 +343,7 @@ def cmd_run(args: argparse.Namespace, registries: Registries) -> int:
                          train_images=args.images, train_seconds=args.train_seconds, precision=args.precision,
                          metric_settings=given_settings(args, "metric"), sweeps=sweeps,
                          executor_settings=given_settings(args, "executor"), samplers=parse_samplers(args.samplers),
-                         retrain_changed=args.retrain_changed, executor=args.executor,
+                         retrain_changed=args.retrain_changed, executor=args.executor, curves=args.curves,
                          command=["trilemma", *args.argv])
     if args.retrain_changed and not args.resume:
         raise TrilemmaError("--retrain-changed only applies with --resume (without it every cell trains anew)")

@@ -93,13 +93,15 @@ HARNESS_COST = (
                                          "with more than one, its time columns were measured sharing the machine"),
     Column("seconds_setup", description="the cell's set-up before training: building the model, the training images "
                                         "on the device, the device's peak (once per cell, repeated on its rows; a cost)"),
+    Column("seconds_curves", description="the cell's learning-curve points: drawing and scoring them (once per "
+                                         "cell, repeated on its rows; not training time; a cost)"),
     Column("seconds_draw", description="drawing this row's scored samples, counted (a cost)"),
     Column("seconds_metric_*", description="each metric's time on this row, the features it asked for first "
                                            "included (a cost)"),
 )
 #: Where a cell's time goes, in the order the report shows it: (column or family, what it is).
-TIME_COLUMNS = (("seconds_setup", "set-up"), ("train_seconds", "training"), ("seconds_draw", "drawing samples"),
-                ("seconds_metric_*", "metrics"))
+TIME_COLUMNS = (("seconds_setup", "set-up"), ("train_seconds", "training"), ("seconds_curves", "learning curves"),
+                ("seconds_draw", "drawing samples"), ("seconds_metric_*", "metrics"))
 
 
 def declared_columns(metrics: Iterable[Any]) -> list[Column]:

@@ -19,6 +19,7 @@ import torch
 
 from trilemma.cache import CACHE
 from trilemma.cost import device_peak_gflops
+from trilemma.curves import CurveFile, curve_points, curve_sampler_names, evaluate_point
 from trilemma.data import Split
 from trilemma.datasets import Dataset
 from trilemma.environment import configure_device
@@ -104,6 +105,37 @@ def _sampler_names(cell: Cell, model_class: type[GenerativeModel] | None) -> lis
         return ["-"]
 
 
+def _curve(cell: Cell, settings: ExecutionSettings, model: GenerativeModel, model_class: type[GenerativeModel],
+           samplers: dict[str, Any], metrics: dict[str, Any], dataset: Dataset, base: dict[str, Any],
+           log: Callable[[str], None]) -> Callable[[int], None] | None:
+    """What a learning-curve point does at a step: evaluate the curve samplers with the curve metrics
+    and record the rows in the cell's curve file."""
+    run_dir, preset = RunDirectory(settings.run_dir), cell.preset
+    names = curve_sampler_names(model_class.curve_samplers, samplers)
+    chosen = {name: metric for name, metric in metrics.items() if getattr(metric, "in_curves", False)}
+    if not names or not chosen:
+        return None
+    curves = CurveFile(run_dir.curve_file(cell.row_model, cell.seed))
+    data = load_data(dataset, settings.data_dir)
+    key = {"model": cell.row_model, "seed": cell.seed}
+
+    def evaluate(name: str, sampler: Any, small: Any, grid: Path) -> Any:
+        return evaluate_sampler(model, cell.row_model, name, sampler, metrics=chosen,
+                                metric_settings=settings.metric_settings, dataset=dataset, data=data, preset=small,
+                                seed=cell.seed, grid_path=grid, cache_dir=settings.cache_dir, progress=False,
+                                log=log)
+
+    def point(step: int) -> None:
+        started = time.perf_counter()
+        fraction = step / preset.steps
+        log(f"{cell.label}: learning curve at {fraction:.0%} of the budget ({step:,} steps)")
+        curves.record(evaluate_point(evaluate, samplers, names, key, step, fraction, preset.batch_size, preset,
+                                     lambda name, at: run_dir.curve_grid(cell.row_model, name, cell.seed, at), log))
+        base["seconds_curves"] = base.get("seconds_curves", 0.0) + time.perf_counter() - started
+
+    return point
+
+
 def failed_outcome(cell: Cell, job: Any, exc: BaseException) -> CellOutcome:
     """Failed rows for a cell whose worker never came back (its sampler names are not known here)."""
     base = {"model": cell.row_model, "seed": cell.seed, "dataset": cell.dataset, "config_hash": cell.config_hash,
@@ -160,6 +192,10 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
         checkpoint = run_dir.checkpoint(cell.row_model, cell.seed)
         images = training_images(dataset, settings.data_dir, device)
         peak = device_peak_gflops(device, budget.precision, settings.cache_dir)
+        samplers = bind(model, cell_specs(cell, model_class))
+        metrics = {entry.name: entry.item for entry in registries.metrics.in_order()}  # built-ins first
+        curve = None if cell.evaluate_only or not preset.curve_fractions else _curve(
+            cell, settings, model, model_class, samplers, metrics, dataset, base, log)
         base["seconds_setup"] = time.perf_counter() - started
         if cell.evaluate_only:
             log(f"{cell.label}: evaluating its finished checkpoint ({checkpoint.name}), no training")
@@ -167,10 +203,13 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
         else:
             cap = f", capped at {preset.train_seconds:g} s" if preset.train_seconds is not None else ""
             log(f"{cell.label}: training on {preset.work}{cap}, {cell.precision}, {base['params']:,} parameters")
+            pauses = {step: curve for step in curve_points(budget.steps, preset.curve_fractions)} if curve else None
             result = train(model, images, budget, seed=cell.seed, checkpoint=checkpoint, progress=settings.progress,
-                           desc=cell.label, log=log, identity=cell.identity)
+                           desc=cell.label, log=log, identity=cell.identity, pauses=pauses)
         base.update(_train_columns(result, budget, result.flops_per_step, peak))
-        samplers = bind(model, cell_specs(cell, model_class))
+        if curve is not None:  # the curve's last point: the trained model, on the curve's sample count
+            model.eval()
+            curve(result.steps)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # a plugin's fault, SystemExit included, stays in its own rows
@@ -179,7 +218,6 @@ def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries
         return CellOutcome(cell, [failure_row({**base, "sampler": name}, exc)
                                   for name in _sampler_names(cell, model_class)])
 
-    metrics = {entry.name: entry.item for entry in registries.metrics.in_order()}  # built-ins first
     data = load_data(dataset, settings.data_dir)
     rows, protocols = [], {}
     for sampler_name, (spec, sampler) in samplers.items():

@@ -115,6 +115,9 @@ class GenerativeModel(nn.Module):
     #: The samplers evaluated where a preset lists none: specs (``"ddim:steps=20"``,
     #: ``SamplerSpec``, ``trilemma.samplers.grid(...)``), one report row each.
     samplers: ClassVar[tuple[Any, ...]] = ("default",)
+    #: The rows whose learning curves a run draws (sampler names, e.g. ``"ddim-10"``), among those it
+    #: evaluates; empty: the evaluated sampler with the fewest steps (the cheapest to draw).
+    curve_samplers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ModelConfig | None = None, channels: int = 1) -> None:
         super().__init__()

@@ -53,6 +53,7 @@ class RunRequest:
     sweeps: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # model → field → values to try
     executor: str = "local"
     executor_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    curves: tuple[float, ...] | None = None  # learning-curve points instead of the preset's (() for none)
     command: list[str] = field(default_factory=lambda: ["trilemma", "run"])  # as typed, for the manifest
 
 
@@ -246,6 +247,8 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
             preset = preset.with_budget({"train_images": request.train_images})
         if request.train_seconds is not None:
             preset = preset.capped(request.train_seconds)
+        if request.curves is not None:
+            preset = preset.with_curves(request.curves)
         model_precision = precision if precision in cls.precisions else "fp32"
         for label, config in configs:
             instance = _instance(cls, config, dataset.channels)

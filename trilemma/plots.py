@@ -153,3 +153,22 @@ def class_histograms(frame: pd.DataFrame, share_columns: list[str], real_shares:
     fig.suptitle("Class histograms of generated digits", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def learning_curves(curves: pd.DataFrame, x: str, y: str, x_label: str, y_label: str, path: Path) -> Path | None:
+    """One line per model and sampler: ``y`` against ``x`` (log x), seeds averaged."""
+    points = curves.dropna(subset=[x, y])
+    if points.empty:
+        return None
+    means = points.groupby(["model", "sampler", x], sort=False)[y].mean().reset_index()
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for i, ((model, sampler), line) in enumerate(means.groupby(["model", "sampler"], sort=False)):
+        line = line.sort_values(x)
+        ax.plot(line[x], line[y], marker="o", ms=3, color=plt.cm.tab10(i % 10), linestyle="-" if i < 10 else "--",
+                label=f"{model}/{sampler}")
+    ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return _save(fig, path)

@@ -104,6 +104,11 @@ class EvalProtocol:
     speed_repeats: int
     sample_batch_size: int
     version: int = EVAL_PROTOCOL_VERSION
+    # Learning curves: the shares of the budget at which each cell is also evaluated, on
+    # ``curve_samples`` samples of its curve samplers (and once more at the end). Not in the
+    # protocol of the rows (curves change no row); recorded with the curves.
+    curve_fractions: tuple[float, ...] = ()
+    curve_samples: int = 0
     where: str = field(default="evaluation", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -113,6 +118,12 @@ class EvalProtocol:
             raise TrilemmaError(f"{self.where}: speed_batch_sizes is empty")
         for size in self.speed_batch_sizes:
             _whole(self.where, "speed_batch_sizes", 1, size)
+        if any(not 0 < f < 1 for f in self.curve_fractions) or list(self.curve_fractions) != sorted(
+                set(self.curve_fractions)):
+            raise TrilemmaError(f"{self.where}: curve fractions must be increasing shares of the budget in (0, 1), "
+                                f"got {self.curve_fractions}")
+        if self.curve_fractions:
+            _whole(self.where, "curve_samples", 2, self.curve_samples)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("version", "eval_samples", "stacked_samples", "sample_batch_size",
@@ -141,6 +152,13 @@ class Preset:
         replaced; anything else, or a value out of range, is a ``TrilemmaError`` naming ``where``."""
         return replace(self, budget=self.budget.with_changes(overrides, where))
 
+    def with_curves(self, fractions: tuple[float, ...], samples: int | None = None) -> Preset:
+        """This preset with other learning-curve points (``()``: none) and, optionally, sample count."""
+        evaluation = replace(self.evaluation, curve_fractions=tuple(fractions),
+                             curve_samples=samples if samples is not None else self.evaluation.curve_samples
+                             or min(self.evaluation.eval_samples, 500))
+        return replace(self, evaluation=evaluation)
+
     def capped(self, seconds: float) -> Preset:
         """This preset under a wall-time cap (the user's ``--train-seconds``)."""
         return replace(self, budget=replace(self.budget, train_seconds=seconds))
@@ -148,15 +166,22 @@ class Preset:
 
 _READ_THROUGH = {
     "budget": ("train_images", "train_steps", "batch_size", "checkpoint_every", "train_seconds", "steps", "work"),
-    "evaluation": ("eval_samples", "stacked_samples", "speed_batch_sizes", "speed_repeats", "sample_batch_size"),
+    "evaluation": ("eval_samples", "stacked_samples", "speed_batch_sizes", "speed_repeats", "sample_batch_size",
+                   "curve_fractions", "curve_samples"),
 }
 
 
 def _preset(name: str, description: str, *, eval_samples: int, stacked_samples: int,
-            speed_batch_sizes: tuple[int, ...], speed_repeats: int, sample_batch_size: int, **budget: Any) -> Preset:
+            speed_batch_sizes: tuple[int, ...], speed_repeats: int, sample_batch_size: int,
+            curve_fractions: tuple[float, ...] = (), curve_samples: int = 0, **budget: Any) -> Preset:
     return Preset(name, TrainingBudget(**budget, where=f"preset {name}"),
                   EvalProtocol(eval_samples, stacked_samples, speed_batch_sizes, speed_repeats, sample_batch_size,
-                               where=f"preset {name}"), description)
+                               curve_fractions=curve_fractions, curve_samples=curve_samples, where=f"preset {name}"),
+                  description)
+
+
+#: Log-spaced points of a learning curve: an eighth, a quarter and half of the budget (and all of it).
+CURVE_FRACTIONS = (0.125, 0.25, 0.5)
 
 
 PRESETS: dict[str, Preset] = {
@@ -165,14 +190,16 @@ PRESETS: dict[str, Preset] = {
                      speed_repeats=1, sample_batch_size=32),
     "quick": _preset("quick", "every built-in model within about 30 minutes on a 2-core CPU", train_images=32_000,
                      train_steps=None, batch_size=128, checkpoint_every=500, eval_samples=1000, stacked_samples=26000,
-                     speed_batch_sizes=(1, 64), speed_repeats=2, sample_batch_size=500),
+                     speed_batch_sizes=(1, 64), speed_repeats=2, sample_batch_size=500,
+                     curve_fractions=CURVE_FRACTIONS, curve_samples=500),
     "standard": _preset("standard", "GPU: every built-in model within about 10 minutes on one H100",
                         train_images=1_000_000, train_steps=None, batch_size=128, checkpoint_every=2000,
                         eval_samples=10000, stacked_samples=26000, speed_batch_sizes=(1, 64, 256), speed_repeats=3,
-                        sample_batch_size=1000),
+                        sample_batch_size=1000, curve_fractions=CURVE_FRACTIONS, curve_samples=2000),
     "paper": _preset("paper", "long runs", train_images=20_000_000, train_steps=None, batch_size=128,
                      checkpoint_every=5000, eval_samples=50000, stacked_samples=26000, speed_batch_sizes=(1, 64, 256),
-                     speed_repeats=5, sample_batch_size=1000),
+                     speed_repeats=5, sample_batch_size=1000, curve_fractions=(0.0625, *CURVE_FRACTIONS),
+                     curve_samples=5000),
 }
 PRESET_CHOICES = (*PRESETS, "auto")
 

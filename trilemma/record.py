@@ -123,6 +123,11 @@ class Recorder:
                 "training": {"budget": "work: training images (or steps), never wall time",
                              "precision": plan.precision, "train_seconds_cap": plan.train_seconds_cap},
                 "evaluation_protocol": get_preset(plan.preset, plan.device.type).evaluation.to_dict(),
+                "learning_curves": {"fractions": list(plan.cells[0].preset.curve_fractions) if plan.cells else [],
+                                    "samples": plan.cells[0].preset.curve_samples if plan.cells else 0,
+                                    "metrics": [e.name for e in self.registries.metrics.in_order()
+                                                if getattr(e.item, "in_curves", False)],
+                                    "rows": "curves/<model>-seed<seed>.csv"},
                 "models": models,
                 "identities": identities,
                 "metrics": metrics,

@@ -43,7 +43,7 @@ def render_run(run_dir: Path) -> Path:
     frame = separate_identities(frame)
     out = RunDirectory(run_dir)
     doc = run_document(out, f"trilemma run `{out.root.name}`", frame, aggregate(frame), [manifest],
-                       sample_grids([run_dir], frame))
+                       sample_grids([run_dir], frame), out.read_curves())
     return write_document(out, doc)
 
 
@@ -75,8 +75,9 @@ def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool =
         directory.write_manifest({"combined_from": [str(r) for r in run_dirs], "runs": manifests})
         summary = aggregate(frame)
         directory.write_text(directory.file("summary.csv"), summary.to_csv(index=False))
+        curves = pd.concat([RunDirectory(r).read_curves() for r in run_dirs], ignore_index=True)
         doc = run_document(directory, f"trilemma: {len(run_dirs)} runs pooled", frame, summary, manifests,
-                           sample_grids(run_dirs, frame))
+                           sample_grids(run_dirs, frame), curves)
     path = write_document(directory, doc)
     print(f"wrote {path} and {path.with_suffix('.html')}")
     return path

@@ -16,6 +16,7 @@ import pandas as pd
 
 from trilemma.columns import Column, chart_axes
 from trilemma.metrics import ReportSection
+from trilemma.report_curves import curve_marks, curves_section
 from trilemma.report_protocol import get_path, registered_metrics
 from trilemma.report_stats import KEY, aggregate
 from trilemma.report_time import time_section
@@ -303,17 +304,23 @@ def write_document(out: RunDirectory, doc: ReportDocument) -> Path:
 
 
 def run_document(out: RunDirectory, title: str, frame: pd.DataFrame, summary: pd.DataFrame,
-                 manifests: list[dict[str, Any]], grids: dict[str, Path]) -> ReportDocument:
-    """The document of one run or of pooled runs (drawing its figures into ``out``)."""
+                 manifests: list[dict[str, Any]], grids: dict[str, Path],
+                 curves: pd.DataFrame | None = None) -> ReportDocument:
+    """The document of one run or of pooled runs (drawing its figures into ``out``); ``curves`` are
+    their learning-curve rows."""
     from trilemma.report_protocol import columns_of
+
     columns = columns_of(manifests)
+    curves = curves if curves is not None else pd.DataFrame()
     sections = metric_sections(frame, manifests)
-    timing = time_section(frame)
-    if timing is not None:
-        sections.append(timing)
+    for section in (curves_section(curves, frame, out.plots_dir) if not curves.empty else None, time_section(frame)):
+        if section is not None:
+            sections.append(section)
+    marks = [" ".join(m for m in pair if m) for pair in zip(row_marks(summary, manifests),
+                                                            curve_marks(summary, curves), strict=True)]
     failures = summary[summary["failed"] > 0]
     return ReportDocument(
-        title=title, table=headline_table(summary, columns, row_marks(summary, manifests)),
+        title=title, table=headline_table(summary, columns, marks),
         failures=[f"{r.model}/{r.sampler}: {r.error}" for r in failures.itertuples()], sections=sections,
         protocols=[("", protocol_items(manifest)) for manifest in manifests],
         figures=render_figures(summary, out, columns, sections), grids=grids)

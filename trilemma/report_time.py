@@ -30,7 +30,7 @@ def time_section(frame: pd.DataFrame) -> ReportSection | None:
     stages = _stage_columns(frame)
     if not any(title == "drawing samples" for title, _ in stages):
         return None  # runs made before these columns were recorded
-    per_cell = {"set-up", "training"}
+    per_cell = {"set-up", "training", "learning curves"}
     records = []
     for model, rows in frame.groupby("model", sort=False):
         record: dict[str, object] = {"model": model, "rows": len(rows)}
@@ -58,7 +58,8 @@ def time_section(frame: pd.DataFrame) -> ReportSection | None:
                  f"{name.removeprefix('seconds_metric_').replace('_', '-')} {seconds:,.0f} s"
                  for name, seconds in by_metric.items() if seconds > 0) + "."
              if len(by_metric) else "",
-             "Seconds. Set-up and training are counted once per cell (model and seed); drawing and metrics per row. "
+             "Seconds. Set-up, training and learning curves are counted once per cell (model and seed); drawing and "
+             "metrics per row. "
              "The samples' features are computed by the first metric that needs them and counted in its time; the "
              "process's start-up, data loading and the report itself are outside the cells."]
     return ReportSection("Where the time goes", shown, [note for note in notes if note])

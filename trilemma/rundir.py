@@ -7,6 +7,8 @@
 <run>/checkpoints/<model>-seed<seed>.pt
 <run>/samples/<model>-<sampler>-seed<seed>.png
 <run>/plots/<name>.png
+<run>/curves/<model>-seed<seed>.csv       learning-curve rows of one cell, written as training goes
+<run>/curves/samples/<model>-<sampler>-seed<seed>-step<step>.png
 <run>/.trilemma.lock         who is running into this directory (pid, host, start, command)
 ```
 
@@ -192,6 +194,22 @@ class RunDirectory:
 
     def sample_grid(self, model: str, sampler: str, seed: int) -> Path:
         return self.root / "samples" / f"{model}-{sampler}-seed{seed}.png"
+
+    def curve_file(self, model: str, seed: int) -> Path:
+        return self.root / "curves" / f"{model}-seed{seed}.csv"
+
+    def curve_grid(self, model: str, sampler: str, seed: int, step: int) -> Path:
+        return self.root / "curves" / "samples" / f"{model}-{sampler}-seed{seed}-step{step}.png"
+
+    def read_curves(self) -> pd.DataFrame:
+        """Every cell's learning-curve rows (empty when the run has none); a damaged file is skipped."""
+        frames = []
+        for path in sorted((self.root / "curves").glob("*.csv")):
+            try:
+                frames.append(pd.read_csv(path, dtype={"model": str, "sampler": str, "error": str}))
+            except Exception:  # noqa: BLE001 - a curve is an extra; a torn file must not stop the report
+                continue
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def sample_grids(self, model: str, sampler: str) -> list[Path]:
         """The sample grids of (model, sampler), every seed, sorted."""

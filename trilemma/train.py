@@ -6,7 +6,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,15 +174,34 @@ def load_trained(model: GenerativeModel, checkpoint: Path, budget: Budget,
                        flops=counted.get("flops", 0.0), flop_steps=counted.get("steps", 0))
 
 
+def _paused(model: GenerativeModel, action: Callable[[int], None], step: int) -> None:
+    """``action(step)`` in eval mode with the global random states put back afterwards."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    model.eval()
+    try:
+        action(step)
+    finally:
+        model.train()
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed: int,
           checkpoint: Path | None = None, progress: bool = True, desc: str = "train",
-          log: Callable[[str], None] = print, identity: dict[str, Any] | None = None) -> TrainResult:
+          log: Callable[[str], None] = print, identity: dict[str, Any] | None = None,
+          pauses: Mapping[int, Callable[[int], None]] | None = None) -> TrainResult:
     """Train ``model`` on ``images`` (N×C×28×28 uint8, already on the model's device).
 
     Batches are drawn by indexing a seeded permutation on the device; each epoch reshuffles. If
     ``checkpoint`` exists and was made under the same config, budget and cell ``identity`` it is
     resumed (a finished one is loaded and returned as is); a damaged or foreign one is moved aside,
     said so, and training starts over.
+
+    ``pauses`` maps a step to what to do once that many steps are done (a learning-curve point):
+    it runs with the model in eval mode, its time is not training time, and every random state
+    training uses is put back afterwards, so the weights are those of a run without pauses.
     """
     from tqdm.auto import tqdm
 
@@ -249,6 +268,10 @@ def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed:
             bar.update(1)
             if step % 20 == 0:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
+            if pauses and step in pauses and step < budget.steps:
+                paused = time.perf_counter()
+                _paused(model, pauses[step], step)
+                began += time.perf_counter() - paused
             if checkpoint is not None and step % budget.checkpoint_every == 0:
                 save_checkpoint(checkpoint, model, step, spent + time.perf_counter() - began, False, identity,
                                 rng_state(generator, order), (flops, flop_steps))

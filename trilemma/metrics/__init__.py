@@ -64,13 +64,17 @@ class Metric:
     ``protocol_keys`` names the entries of that description that must agree before two runs'
     rows are compared or pooled. ``settings`` declares the options the metric takes: each becomes
     a ``trilemma run`` flag, and its value reaches ``ctx.settings``. ``needs`` says what it looks at
-    (``samples``, ``real``, ``features``, ``model``), for ``trilemma list``."""
+    (``samples``, ``real``, ``features``, ``model``), for ``trilemma list``; ``in_curves`` has it
+    computed at every learning-curve point too."""
 
     name: str = ""
     columns: ClassVar[tuple[Column, ...]] = ()
     protocol_keys: ClassVar[tuple[str, ...]] = ()
     settings: ClassVar[tuple[Setting, ...]] = ()
     needs: ClassVar[tuple[str, ...]] = ("samples",)
+    #: Also computed at each learning-curve point (on the curve's smaller sample); for the metrics
+    #: of the three axes, not for timing or one-off checks.
+    in_curves: ClassVar[bool] = False
 
     def applies_to(self, dataset: Dataset) -> bool:
         return True

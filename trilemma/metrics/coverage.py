@@ -108,20 +108,21 @@ def classify_stacked(images: torch.Tensor, device: torch.device | str = "cpu") -
 class CoverageMetric(Metric):
     name = "coverage"
     needs = ("samples", "model", "real")
+    in_curves = True
     columns = (
         Column("modes_covered", judged="coverage", better="higher", headline=True, title="modes", fmt="{:g}"),
         Column("modes_total"),
         Column("kl_to_test", judged="coverage", better="lower", headline=True, title="KL to real", fmt="{:.3f}",
                description="KL(generated class histogram ‖ real test labels), nats"),
         Column("kl_to_uniform", judged="coverage", better="lower", headline=True, title="KL to uniform", fmt="{:.3f}"),
-        Column("tv_to_test", better="lower", description="total variation to the real test labels"),
+        Column("tv_to_test", judged="coverage", better="lower", description="total variation to the real test labels"),
         Column("recognised_share", better="higher", headline=True, title="recognised", fmt="{:.0%}",
                description="share of samples the classifier recognises as a digit with the confidence real test "
                            "digits get (the threshold 95% of them reach); only these count towards modes and KL"),
         Column("low_confidence_share", better="lower", headline=True, title="low-conf.", fmt="{:.3f}",
                description="share of samples the classifier reads below 0.9 confidence"),
         Column("class_share_*", description="share of samples recognised as class *"),
-        Column("coverage_score", better="higher", axis="coverage",
+        Column("coverage_score", judged="coverage", better="higher", axis="coverage",
                description="modes covered / modes total × exp(−KL to the real labels, or to uniform): 1 is perfect"),
     )
     protocol_keys = ("samples", "recognition")

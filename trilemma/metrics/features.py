@@ -10,6 +10,7 @@ channels' features side by side.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ from trilemma.cache import CACHE
 from trilemma.data import Split
 from trilemma.files import atomic_torch_save
 from trilemma.metrics import EvalContext
+
+#: Computing features of this many real images or more is said on stderr before it starts.
+ANNOUNCE_FROM = 20_000
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,10 @@ def _real_cached(kind: str, dataset: str, split_name: str, images: torch.Tensor,
                 return CACHE.put("real-features", key, found)
         except Exception:  # a damaged cache file is recomputed
             pass
+    if n >= ANNOUNCE_FROM:  # a silent minute looks like a hang
+        where = f", kept in {path.parent}" if path is not None else ""
+        print(f"computing {kind} features of {n:,} {dataset} {split_name} images once{where}", file=sys.stderr,
+              flush=True)
     outputs = CACHE.put("real-features", key, compute())
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -159,6 +159,7 @@ class FidelityMetric(Metric):
 
     reference_split = "test"
     needs = ("samples", "real", "features")
+    in_curves = True
     protocol_keys = ("extractor", "extractor_sha256", "generated_samples", "real_samples", "input2")
 
     def __init__(self, space: FeatureSpace = CLASSIFIER) -> None:

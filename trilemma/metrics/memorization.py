@@ -59,7 +59,7 @@ class MemorizationMetric(Metric):
     columns = (
         Column("copy_share_pixels", judged="none", better="lower", headline=True, title="copies", fmt="{:.1%}",
                description="share of samples closer to a training image (pixels) than 95% of held-out test images are"),
-        Column("copy_share_features", better="lower", description="the same in classifier-feature space"),
+        Column("copy_share_features", judged="none", better="lower", description="the same in classifier-feature space"),
         Column("train_distance_ratio_pixels", description="median nearest-training distance, generated / held-out"),
         Column("train_distance_ratio_features"),
         Column("copying_z", description="Mann–Whitney z of generated vs held-out nearest-training distances "

@@ -1,0 +1,94 @@
+"""Learning curves (issue 24, items 1 and 2): points during training that change no weight, rows per
+cell, the report's section and its "still improving" marks."""
+
+import pandas as pd
+import pytest
+import torch
+
+from trilemma.cli import main
+from trilemma.curves import CurveFile, curve_points, curve_sampler_names
+from trilemma.presets import PRESETS
+from trilemma.report_curves import IMPROVING_MARK, curve_marks, improvements
+from trilemma.samplers import SamplerSpec
+from trilemma.train import Budget, train
+
+
+def test_points_are_log_spaced_whole_steps_before_the_end():
+    assert curve_points(1000, (0.125, 0.25, 0.5)) == {125: 0.125, 250: 0.25, 500: 0.5}
+    assert curve_points(3, (0.1, 0.5)) == {1: 1 / 3, 2: 2 / 3}  # at least one step, rounded
+    assert curve_points(1, (0.5,)) == {}  # nothing before the end
+    assert PRESETS["quick"].curve_fractions == (0.125, 0.25, 0.5) and PRESETS["smoke"].curve_fractions == ()
+
+
+def test_the_cheapest_sampler_unless_the_model_says():
+    bound = {name: (SamplerSpec.parse(spec), None) for name, spec in
+             (("ddpm-100", "ddpm:steps=100"), ("ddim-10", "ddim:steps=10"), ("default", "default"))}
+    assert curve_sampler_names((), bound) == ["default"]  # no steps: one network pass
+    assert curve_sampler_names((), {k: v for k, v in bound.items() if k != "default"}) == ["ddim-10"]
+    assert curve_sampler_names(("ddpm-100", "nope"), bound) == ["ddpm-100"]
+
+
+def test_pauses_leave_the_weights_of_a_run_without_them(mnist):
+    import fake_models
+
+    images = mnist["train"].images[:256]
+
+    def trained(pauses):
+        torch.manual_seed(0)
+        model = fake_models.Tiny(fake_models.Tiny.Config(hidden=8))
+        train(model, images, Budget(6, None, 16, 1000, "fp32"), seed=3, progress=False, pauses=pauses)
+        return model.state_dict()
+
+    seen = []
+
+    def draw(step):  # what a curve point does to the random state: draws noise and samples
+        seen.append(step)
+        torch.randn(1000)
+
+    plain, paused = trained(None), trained({2: draw, 4: draw})
+    assert seen == [2, 4]
+    for name, tensor in plain.items():
+        assert torch.equal(tensor, paused[name]), name
+
+
+def test_a_point_replaces_its_own_earlier_rows(tmp_path):
+    curves = CurveFile(tmp_path / "curves" / "m-seed0.csv")
+    curves.record([{"model": "m", "sampler": "a", "seed": 0, "step": 2, "fid": 9.0}])
+    curves.record([{"model": "m", "sampler": "a", "seed": 0, "step": 4, "fid": 5.0}])
+    curves.record([{"model": "m", "sampler": "a", "seed": 0, "step": 2, "fid": 8.0}])  # a resumed cell again
+    assert [(r["step"], r["fid"]) for r in curves.rows()] == [(2, 8.0), (4, 5.0)]
+
+
+def test_still_improving_compares_the_last_doubling_and_marks_every_row_of_the_model():
+    curves = pd.DataFrame([{"model": "m", "sampler": "a", "seed": 0, "step": s, "fid": f}
+                           for s, f in ((10, 100.0), (20, 60.0), (40, 40.0))]
+                          + [{"model": "n", "sampler": "a", "seed": 0, "step": s, "fid": f}
+                             for s, f in ((10, 50.0), (20, 30.0), (40, 29.0))])
+    found = improvements(curves).set_index("model")
+    assert found.loc["m", "improved"] == pytest.approx(1 / 3) and found.loc["m", "before_step"] == 20
+    assert found.loc["n", "improved"] == pytest.approx(1 / 30)
+    summary = pd.DataFrame({"model": ["m", "m", "n"], "sampler": ["a", "b", "a"]})
+    assert curve_marks(summary, curves) == [IMPROVING_MARK, IMPROVING_MARK, ""]
+
+
+def test_a_run_with_curves_records_them_reports_them_and_keeps_the_rows_of_a_run_without(fake_registries, tmp_path):
+    args = ["run", "tiny", "--preset", "smoke", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*args, "--curves", "0.5", "--out", str(tmp_path / "curves")]) == 0
+    curve = pd.read_csv(tmp_path / "curves" / "curves" / "tiny-seed0.csv")
+    assert list(curve["step"]) == [2, 3] and list(curve["images_seen"]) == [32, 48]
+    assert curve["fid"].notna().all() and "ae_fid" in curve and "seconds_metric_speed" not in curve
+    assert (tmp_path / "curves" / "curves" / "samples" / "tiny-default-seed0-step2.png").exists()
+    plain = pd.read_csv(tmp_path / "plain" / "results.csv").iloc[0]
+    with_curves = pd.read_csv(tmp_path / "curves" / "results.csv").iloc[0]
+    for column in ("fid", "ae_fid", "precision", "modes_covered", "nfe", "train_steps"):
+        assert plain[column] == with_curves[column], column
+    assert with_curves["seconds_curves"] > 0 and pd.isna(plain.get("seconds_curves"))
+    report = (tmp_path / "curves" / "report.md").read_text()
+    assert "## Learning curves" in report and "learning curves" in report  # the section and the time stage
+    assert "## Learning curves" not in (tmp_path / "plain" / "report.md").read_text()
+
+
+def test_bad_curve_points_are_refused(fake_registries, tmp_path, capsys):
+    assert main(["run", "tiny", "--curves", "0.5,0.25", "--out", str(tmp_path)]) == 2
+    assert "increasing shares" in capsys.readouterr().err

@@ -1,0 +1,102 @@
+"""The report's "Learning curves" section and its "still improving" marks (issue 24).
+
+A headline row is marked when its model's curve metric (FID in the autoencoder's space where it
+was measured, else the classifier's) improved by more than ``IMPROVING_SHARE`` over the last
+doubling of its budget, from the curve point at half the budget (or the nearest before it) to the
+last: a reader sees at a glance which rows show their budget rather than their method.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from trilemma.metrics import ReportSection
+
+IMPROVING_SHARE = 0.10
+IMPROVING_MARK = "↗ still improving"
+
+
+def curve_metric(curves: pd.DataFrame) -> str | None:
+    for column in ("ae_fid", "fid"):
+        if column in curves and curves[column].notna().any():
+            return column
+    return None
+
+
+def improvements(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, sampler): the curve metric at the last point and at the point of the last doubling,
+    seeds averaged, and the share it improved by."""
+    metric = curve_metric(curves)
+    if metric is None:
+        return pd.DataFrame()
+    means = curves.dropna(subset=[metric]).groupby(["model", "sampler", "step"])[metric].mean().reset_index()
+    records = []
+    for (model, sampler), line in means.groupby(["model", "sampler"], sort=False):
+        line = line.sort_values("step")
+        last = line.iloc[-1]
+        earlier = line[line["step"] <= last["step"] / 2]
+        if earlier.empty:
+            continue
+        before = earlier.iloc[-1]
+        share = (before[metric] - last[metric]) / before[metric] if before[metric] > 0 else math.nan
+        records.append({"model": model, "sampler": sampler, "metric": metric, "before_step": int(before["step"]),
+                        "before": before[metric], "last_step": int(last["step"]), "last": last[metric],
+                        "improved": share})
+    return pd.DataFrame(records)
+
+
+def improving_models(curves: pd.DataFrame) -> set[str]:
+    found = improvements(curves)
+    return set(found.loc[found["improved"] > IMPROVING_SHARE, "model"]) if not found.empty else set()
+
+
+def curve_marks(summary: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
+    """``IMPROVING_MARK`` for each headline row whose model's curve is still improving."""
+    improving = improving_models(curves) if not curves.empty else set()
+    return [IMPROVING_MARK if model in improving else "" for model in summary["model"]]
+
+
+def curves_section(curves: pd.DataFrame, frame: pd.DataFrame, plots_dir: Path) -> ReportSection | None:
+    """A table of the curve metric at each point, the marks, and the curves against images and PFLOP."""
+    from trilemma import plots
+
+    metric = curve_metric(curves)
+    if metric is None:
+        return None
+    curves = curves.copy()
+    per_step = frame.groupby("model")["train_gflop_per_step"].mean() if "train_gflop_per_step" in frame else {}
+    curves["train_pflop"] = [step * per_step.get(model, math.nan) / 1e6
+                             for model, step in zip(curves["model"], curves["step"], strict=True)]
+    pivot = (curves.groupby(["model", "sampler", "fraction"])[metric].mean().unstack("fraction")
+             .sort_index(axis=1))
+    table = pivot.map(lambda v: "–" if not math.isfinite(v) else f"{v:.1f}")
+    table.columns = [f"{c:.0%}" for c in table.columns]
+    found = improvements(curves)
+    shares = {(r.model, r.sampler): r.improved for r in found.itertuples()} if not found.empty else {}
+    table["last doubling"] = [f"{shares.get(key, math.nan):+.0%}".replace("+nan%", "–") for key in table.index]
+    table["mark"] = [IMPROVING_MARK if shares.get(key, 0) > IMPROVING_SHARE else "" for key in table.index]
+    table = table.reset_index()
+    title = {"ae_fid": "FID in the autoencoder's space", "fid": "FID"}[metric]
+    marked = sorted({m for (m, _), share in shares.items() if share > IMPROVING_SHARE})
+    samples = ", ".join(f"{n:g}" for n in sorted(curves["samples"].dropna().unique())) if "samples" in curves else "?"
+    notes = [f"Each cell was also evaluated at shares of its training budget on {samples} samples of its curve "
+             f"samplers (fewer than the rows': FID is biased upward at small samples, so compare a curve's points "
+             f"with each other, not with the table); the columns are the budget's share, the values the {title}, "
+             "seeds averaged.",
+             f"{IMPROVING_MARK}: the {title} improved by more than {IMPROVING_SHARE:.0%} over the last doubling of "
+             "the budget (from the point at half of it to the end): the row shows its budget as much as its method; "
+             "every row of a marked model carries the mark. "
+             + (f"Marked: {', '.join(marked)}." if marked else "No model is marked.")]
+    figures = {
+        f"{title} against training images": lambda path: plots.learning_curves(
+            curves, "images_seen", metric, "training images (log)", title, path),
+        f"{title} against training compute": lambda path: plots.learning_curves(
+            curves, "train_pflop", metric, "training PFLOP (log; counted FLOPs per step × steps)", title, path),
+    }
+    if "recognised_share" in curves:
+        figures["Recognised share against training images"] = lambda path: plots.learning_curves(
+            curves, "images_seen", "recognised_share", "training images (log)", "recognised share", path)
+    return ReportSection("Learning curves", table, notes, figures)
