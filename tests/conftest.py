@@ -35,3 +35,15 @@ def fake_registries(monkeypatch):
 
     monkeypatch.setattr(plugins, "collect", collect)
     return collect()
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory):
+    """A site directory with two installed plugin distributions: the fake models and a victim model
+    that writes its worker's pid at each step (for the tests that kill workers)."""
+    from helpers import FAKES_SOURCE, VICTIM_SOURCE, write_installed_plugin
+
+    site = tmp_path_factory.mktemp("plugins") / "site"
+    write_installed_plugin(site, "trilemma-fakes", "fakes", "trilemma_fakes", FAKES_SOURCE)
+    write_installed_plugin(site, "trilemma-victim", "victim", "trilemma_victim", VICTIM_SOURCE)
+    return site

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,3 +120,24 @@ def run_and_kill_first_worker(args: list[str], env: dict[str, str], pids: Path, 
         if run.poll() is None:
             run.kill()
     return run.returncode, output, victim
+
+
+# A model that says which process trains it, so a test can kill that worker mid-cell.
+VICTIM_SOURCE = textwrap.dedent('''
+    import os, time
+    import trilemma
+    from trilemma_fakes import Tiny
+
+    class Victim(Tiny):
+        name = "victim"
+
+        def training_step(self, batch, step):
+            with open(os.environ["TRILEMMA_TEST_PIDS"], "a") as f:
+                f.write(f"{os.getpid()}\\n")
+            time.sleep(0.4)
+            return super().training_step(batch, step)
+
+    @trilemma.hookimpl
+    def register_models(register):
+        register(Victim)
+''')

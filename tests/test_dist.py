@@ -3,33 +3,12 @@ rows as a local run, a killed worker's cell retried, resume after the driver die
 
 import subprocess
 import sys
-import textwrap
 import time
 
 import pandas as pd
 import pytest
-from helpers import FAKES_SOURCE, cli_env, run_and_kill_first_worker, trilemma_cli, write_installed_plugin
+from helpers import cli_env, run_and_kill_first_worker, trilemma_cli
 
-FAKES = FAKES_SOURCE
-# A model that says which process trains it, so a test can kill that worker mid-cell.
-VICTIM = textwrap.dedent('''
-    import os, time
-    import trilemma
-    from trilemma_fakes import Tiny
-
-    class Victim(Tiny):
-        name = "victim"
-
-        def training_step(self, batch, step):
-            with open(os.environ["TRILEMMA_TEST_PIDS"], "a") as f:
-                f.write(f"{os.getpid()}\\n")
-            time.sleep(0.4)
-            return super().training_step(batch, step)
-
-    @trilemma.hookimpl
-    def register_models(register):
-        register(Victim)
-''')
 TIMING = {"ms_per_sample", "samples_per_s", "latency_ms_batch1", "train_seconds", "train_images_per_s", "train_gflops",
           "utilisation", "compile_seconds", "peak_gflops", "sample_gflops", "parallel_cells"}
 
@@ -46,14 +25,6 @@ def same_rows(a, b):
             assert ((left == right) | (left.isna() & right.isna())).all(), column
         else:
             assert (left.fillna("") == right.fillna("")).all(), column
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    site = tmp_path_factory.mktemp("dist") / "site"
-    write_installed_plugin(site, "trilemma-fakes", "fakes", "trilemma_fakes", FAKES)
-    write_installed_plugin(site, "trilemma-victim", "victim", "trilemma_victim", VICTIM)
-    return site
 
 
 @pytest.mark.dist

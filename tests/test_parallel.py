@@ -3,18 +3,10 @@ processes, with the serial run's rows; a worker that dies fails only its own cel
 
 import pandas as pd
 import pytest
-from helpers import FAKES_SOURCE, cli_env, run_and_kill_first_worker, trilemma_cli, write_installed_plugin
-from test_dist import VICTIM, same_rows
+from helpers import cli_env, run_and_kill_first_worker, trilemma_cli
+from test_dist import same_rows
 
 from trilemma.executors import jobs_and_threads
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    site = tmp_path_factory.mktemp("parallel") / "site"
-    write_installed_plugin(site, "trilemma-fakes", "fakes", "trilemma_fakes", FAKES_SOURCE)
-    write_installed_plugin(site, "trilemma-victim", "victim", "trilemma_victim", VICTIM)
-    return site
 
 
 def test_jobs_divide_the_threads_and_auto_follows_the_cores(monkeypatch):
