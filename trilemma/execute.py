@@ -128,7 +128,7 @@ def _curve(cell: Cell, settings: ExecutionSettings, model: GenerativeModel, mode
     def point(step: int) -> None:
         started = time.perf_counter()
         fraction = step / preset.steps
-        log(f"{cell.label}: learning curve at {fraction:.0%} of the budget ({step:,} steps)")
+        log(f"{cell.label}: learning curve at {fraction:.0%} of the budget ({step:,} step{'s' if step != 1 else ''})")
         curves.record(evaluate_point(evaluate, samplers, names, key, step, fraction, preset.batch_size, preset,
                                      lambda name, at: run_dir.curve_grid(cell.row_model, name, cell.seed, at), log))
         base["seconds_curves"] = base.get("seconds_curves", 0.0) + time.perf_counter() - started

@@ -40,6 +40,8 @@ class FlowMatching(trilemma.GenerativeModel):
     data_channels = (1, 3)
     precisions = ("fp32", "bf16")
     samplers = (*trilemma.grid("euler", steps=(100, 20, 10, 4, 1)), *trilemma.grid("midpoint", steps=(10, 5)))
+    # The learning curve of the cheapest good sampler, not of one-step Euler (a blur at any budget).
+    curve_samplers = ("midpoint-5", "euler-4")
     presets = {
         "smoke": {"config": SMOKE_UNET, "samplers": (*trilemma.grid("euler", steps=(4, 1)), "midpoint:steps=2")},
         # The DDPM quick preset's U-Net and optimiser, so the two objectives compare on equal terms.
