@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from trilemma.files import atomic_write_text
+from trilemma.rundir import read_curve_file
 from trilemma.samplers import SamplerSpec
 
 #: Columns every curve row has, before the metrics'.
@@ -56,12 +57,8 @@ class CurveFile:
         self.path = path
 
     def rows(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        try:
-            return pd.read_csv(self.path, dtype={"model": str, "sampler": str, "error": str}).to_dict("records")
-        except Exception:  # noqa: BLE001 - a torn file is rewritten from the points that follow
-            return []
+        frame = read_curve_file(self.path)
+        return [] if frame is None else frame.to_dict("records")
 
     def record(self, new: Sequence[Mapping[str, Any]]) -> None:
         replaced = {(row["sampler"], row["step"]) for row in new}

@@ -15,7 +15,7 @@ import jinja2
 import pandas as pd
 
 from trilemma.columns import Column, chart_axes
-from trilemma.metrics import ReportSection
+from trilemma.metrics import ReportSection, joined_marks
 from trilemma.report_curves import curve_marks, curves_section
 from trilemma.report_protocol import get_path, registered_metrics
 from trilemma.report_stats import KEY, aggregate
@@ -148,14 +148,7 @@ def metric_sections(frame: pd.DataFrame, manifests: Sequence[dict[str, Any]] = (
 def row_marks(summary: pd.DataFrame, manifests: Sequence[dict[str, Any]] = ()) -> list[str]:
     """Each headline row's marks from the metrics that ran, joined."""
     metrics = _metrics_that_ran(summary, manifests)
-
-    def of(metric: Any, row: dict[str, Any]) -> list[str]:
-        try:
-            return [str(mark) for mark in metric.marks(row)]
-        except Exception as exc:  # a plugin's broken marks must not take the report down
-            return [f"⚠ {metric.name}.marks failed: {type(exc).__name__}"]
-
-    return [" ".join(mark for metric in metrics for mark in of(metric, row.to_dict())) for _, row in summary.iterrows()]
+    return [joined_marks(metrics, row.to_dict()) for _, row in summary.iterrows()]
 
 
 # --- the document -----------------------------------------------------------------------------

@@ -92,6 +92,17 @@ def read_results_csv(path: Path, text: Sequence[str] = TEXT_COLUMNS) -> pd.DataF
     return frame
 
 
+def read_curve_file(path: Path) -> pd.DataFrame | None:
+    """One cell's learning-curve rows, or None when the file is missing or torn (a curve is an extra:
+    a damaged one is skipped by the report and rewritten by the cell's next point)."""
+    if not path.exists():
+        return None
+    try:
+        return pd.read_csv(path, dtype={"model": str, "sampler": str, "error": str})
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def read_manifest_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
@@ -203,12 +214,8 @@ class RunDirectory:
 
     def read_curves(self) -> pd.DataFrame:
         """Every cell's learning-curve rows (empty when the run has none); a damaged file is skipped."""
-        frames = []
-        for path in sorted((self.root / "curves").glob("*.csv")):
-            try:
-                frames.append(pd.read_csv(path, dtype={"model": str, "sampler": str, "error": str}))
-            except Exception:  # noqa: BLE001 - a curve is an extra; a torn file must not stop the report
-                continue
+        frames = [read_curve_file(path) for path in sorted((self.root / "curves").glob("*.csv"))]
+        frames = [frame for frame in frames if frame is not None]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def sample_grids(self, model: str, sampler: str) -> list[Path]:

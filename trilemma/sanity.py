@@ -148,8 +148,9 @@ def _expected_pairs(judged: str) -> list[tuple[str, str, str]]:
 
 def set_marks(table: Mapping[str, Mapping[str, float]], metrics: Mapping[str, Any]) -> dict[str, str]:
     """The marks the metrics would put on each set's row of a report."""
-    return {name: " ".join(mark for metric in metrics.values() for mark in metric.marks(dict(row)))
-            for name, row in table.items()}
+    from trilemma.metrics import joined_marks
+
+    return {name: joined_marks(metrics.values(), dict(row)) for name, row in table.items()}
 
 
 def check_marks(table: Mapping[str, Mapping[str, float]], metrics: Mapping[str, Any]) -> list[Misranking]:

@@ -5,7 +5,7 @@ Built-in metrics register through ``register_metrics`` exactly as a plugin's wou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,6 +41,18 @@ class EvalContext:
     settings: Mapping[str, Any] = field(default_factory=dict)  # this metric's declared settings
     log: Callable[[str], None] = print
     cache: dict[str, Any] = field(default_factory=dict)  # computed once per row, shared by its metrics
+
+
+def joined_marks(metrics: Iterable[Metric], row: Mapping[str, Any]) -> str:
+    """Every metric's marks on one row, joined; a metric whose ``marks`` raises gives a mark saying so
+    (a plugin's broken marks must not take a report or the sanity suite down)."""
+    marks = []
+    for metric in metrics:
+        try:
+            marks += [str(mark) for mark in metric.marks(row)]
+        except Exception as exc:  # noqa: BLE001
+            marks.append(f"⚠ {metric.name}.marks failed: {type(exc).__name__}")
+    return " ".join(marks)
 
 
 @dataclass
