@@ -6,25 +6,65 @@ import pytest
 from helpers import cli_env, run_and_kill_first_worker, trilemma_cli
 from test_dist import same_rows
 
-from trilemma.executors import jobs_and_threads
+from trilemma.executors import cells_at_once
 
 
-def test_jobs_divide_the_threads_and_auto_follows_the_cores(monkeypatch):
+def test_auto_runs_as_many_cells_as_the_cores_hold_at_the_cells_threads(monkeypatch):
     import trilemma.executors as executors
 
     monkeypatch.setattr(executors, "cores", lambda: 4)
-    assert jobs_and_threads(1, 4, "cpu") == (1, 4)
-    assert jobs_and_threads(2, 4, "cpu") == (2, 2)
-    assert jobs_and_threads("auto", 4, "cpu") == (4, 1)
-    assert jobs_and_threads(9, 4, "cpu") == (4, 1)  # never more cells than cores
-    assert jobs_and_threads("auto", 4, "cuda") == (1, 4)
+    monkeypatch.setattr(executors, "memory_bytes", lambda: 64 * 2**30)
+    assert cells_at_once("auto", 1, "cpu") == 4
+    assert cells_at_once("auto", 2, "cpu") == 2
+    assert cells_at_once("auto", 8, "cpu") == 1
+    assert cells_at_once(3, 1, "cpu") == 3  # asked for: as asked (oversubscription is warned about)
+    assert cells_at_once("auto", None, "cuda") == 1  # cells would share the one device
+    monkeypatch.setattr(executors, "memory_bytes", lambda: 7 * 2**30)
+    assert cells_at_once("auto", 1, "cpu") == 2  # and the memory holds
+
+
+def test_a_cell_trains_with_its_own_threads_and_leaves_the_process_as_it_was(fake_registries, tmp_path):
+    import torch
+
+    from trilemma.plan import RunRequest
+    from trilemma.runner import run
+
+    seen = []
+    model = fake_registries.models["tiny"]
+    original = model.training_step
+
+    def training_step(self, batch, step):
+        seen.append(torch.get_num_threads())
+        return original(self, batch, step)
+
+    before = torch.get_num_threads()
+    model.training_step = training_step
+    try:
+        run(RunRequest(models=["tiny"], preset="smoke", out_dir=tmp_path / "run", progress=False, threads=2),
+            fake_registries)
+    finally:
+        model.training_step = original
+    assert seen and set(seen) == {2}
+    assert torch.get_num_threads() == before
+
+
+def test_the_thread_count_is_part_of_a_cells_identity(fake_registries, tmp_path):
+    from trilemma.errors import TrilemmaError
+    from trilemma.plan import RunRequest
+    from trilemma.runner import run
+
+    out = tmp_path / "run"
+    run(RunRequest(models=["tiny"], preset="smoke", out_dir=out, progress=False), fake_registries)
+    with pytest.raises(TrilemmaError, match="threads"):
+        run(RunRequest(models=["tiny"], preset="smoke", out_dir=out, progress=False, resume=True, threads=2),
+            fake_registries)
 
 
 @pytest.mark.slow
 def test_parallel_cells_give_the_serial_rows_and_say_they_shared_the_machine(site, tmp_path):
     env = cli_env(site, allow="fakes")
     args = ["run", "tiny", "tiny-k3", "--preset", "smoke", "--no-progress"]
-    serial = trilemma_cli(*args, "--out", str(tmp_path / "serial"), env=env, process=True)
+    serial = trilemma_cli(*args, "--jobs", "1", "--out", str(tmp_path / "serial"), env=env, process=True)
     assert serial.returncode == 0, serial.stderr
     parallel = trilemma_cli(*args, "--jobs", "2", "--out", str(tmp_path / "parallel"), env=env, process=True)
     assert parallel.returncode == 0, parallel.stderr + parallel.stdout

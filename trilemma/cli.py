@@ -138,7 +138,7 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
                           "ddpm/heun:steps=5 (unprefixed: every model that has the method); repeatable")
     run.add_argument("--resume", action="store_true",
                      help="skip cells already finished in --out under the same identity (model, config, budget, "
-                          "dataset, plugin version, precision); a changed one is refused")
+                          "dataset, plugin version, precision, threads); a changed one is refused")
     run.add_argument("--retrain-changed", action="store_true",
                      help="with --resume: train cells recorded under another identity again and replace their rows")
     run.add_argument("--images", type=whole_number(1), help="train every model on this many images instead")
@@ -151,7 +151,11 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
                           "evaluate at 1/8, 1/4, 1/2 and the end); 'none' for no curves")
     run.add_argument("--precision", default="auto", choices=PRECISIONS,
                      help="training precision: bf16 autocast where the device and the model allow it (auto), or fp32")
-    run.add_argument("--executor", default="local", help="how cells run (default local, in this process)")
+    run.add_argument("--threads", type=whole_number(1),
+                     help="torch threads per cell on a CPU (default 1; part of a cell's identity, since the thread "
+                          "count changes the trained weights; the cores are used by --jobs)")
+    run.add_argument("--executor", default="local",
+                     help="how cells run (default local: on this machine, --jobs at once)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     run.set_defaults(setting_dests=add_setting_flags(run, registries) if registries is not None else {})
@@ -341,7 +345,7 @@ def cmd_run(args: argparse.Namespace, registries: Registries) -> int:
                          device=args.device, dataset=args.dataset, data_dir=args.data_dir, resume=args.resume,
                          progress=not args.no_progress, verbose=args.verbose, train_steps=args.steps,
                          train_images=args.images, train_seconds=args.train_seconds, precision=args.precision,
-                         metric_settings=given_settings(args, "metric"), sweeps=sweeps,
+                         threads=args.threads, metric_settings=given_settings(args, "metric"), sweeps=sweeps,
                          executor_settings=given_settings(args, "executor"), samplers=parse_samplers(args.samplers),
                          retrain_changed=args.retrain_changed, executor=args.executor, curves=args.curves,
                          command=["trilemma", *args.argv])

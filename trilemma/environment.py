@@ -54,6 +54,18 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
+def resolve_threads(threads: int | None, device: torch.device) -> int | None:
+    """The torch CPU threads each cell uses. On a CPU, one unless asked: the thread count changes how
+    float sums are split, and so the trained weights, so a fixed count gives the same numbers on any
+    core count; the cores are used by running cells side by side (``--jobs``), which was also faster
+    than one cell with every thread (tests/bench_parallel.py). On a GPU, torch's default."""
+    if threads is not None and threads < 1:
+        raise TrilemmaError(f"--threads must be a whole number ≥ 1, got {threads}")
+    if device.type == "cpu":
+        return threads or 1
+    return threads
+
+
 def configure_device(device: torch.device) -> dict[str, object]:
     """Numerics settings for a run on ``device``, returned for the manifest. On CUDA: TF32 for fp32
     matmuls and convolutions (what a practitioner would use), cuDNN's autotuner off (it times

@@ -45,7 +45,7 @@ class ExecutionSettings:
     progress: bool = True
     verbose: bool = False
     metric_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    threads: int | None = None  # torch threads a worker uses (the driver's, so rows match a local run)
+    threads: int | None = None  # torch CPU threads per cell (the cells' own; executors size their workers by it)
     parallel_cells: int = 1  # cells running at once on this machine (time columns are measured under that sharing)
 
 
@@ -158,14 +158,24 @@ def run_cell_in_worker(cell: Cell, settings: ExecutionSettings, environment: dic
         os.environ[key] = value
     if ALLOWLIST_ENV not in environment:
         os.environ.pop(ALLOWLIST_ENV, None)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
     return execute_cell(cell, settings, collect(), log=print)
 
 
 def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries,
                  log: Callable[[str], None] = print) -> CellOutcome:
-    """Train ``cell``'s model and evaluate each of its samplers; never raises for a plugin's fault."""
+    """Train ``cell``'s model and evaluate each of its samplers, with the cell's torch threads;
+    never raises for a plugin's fault."""
+    before = torch.get_num_threads()
+    if cell.threads:
+        torch.set_num_threads(cell.threads)
+    try:
+        return _execute_cell(cell, settings, registries, log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries,
+                  log: Callable[[str], None]) -> CellOutcome:
     run_dir = RunDirectory(settings.run_dir)
     dataset = registries.datasets[cell.dataset]
     device = torch.device(settings.device)

@@ -36,31 +36,52 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def jobs_and_threads(jobs: int | str, threads: int | None, device: str) -> tuple[int, int | None]:
-    """How many cells run at once and the torch threads each gets. ``auto`` is one cell per core on
-    a CPU of two or more cores (one thread each: oversubscribed threads, not the share of CPU, are what
-    slows torch down), and one cell on a GPU."""
+MEMORY_PER_CELL = 3 * 2**30  # a quick cell's worker peaks near 2 GiB (torch, MNIST, features); room to spare
+
+
+def memory_bytes() -> int | None:
+    """The machine's physical memory, where the platform says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def cells_at_once(jobs: int | str, threads: int | None, device: str) -> int:
+    """How many cells run at once. ``auto``: on a CPU, as many as the cores hold at the cells' thread
+    count (and the memory holds); on a GPU, one (cells would share the one device)."""
+    if jobs != "auto":
+        return int(jobs)
     if device.startswith("cuda"):
-        return (1, threads) if jobs == "auto" else (int(jobs), threads)
-    count = cores() if jobs == "auto" else int(jobs)
-    count = max(1, min(count, cores()))
-    return count, max(1, (threads or cores()) // count) if count > 1 else threads
+        return 1
+    count = max(1, cores() // (threads or cores()))
+    memory = memory_bytes()
+    return max(1, min(count, memory // MEMORY_PER_CELL)) if memory else count
 
 
 class LocalExecutor(Executor):
-    """Runs the cells on this machine: one after another in this process, or ``--jobs N`` at once in
-    worker processes, the torch threads divided among them."""
+    """Runs the cells on this machine: ``--jobs N`` at once in worker processes (by default as many as
+    the cores hold), or one after another in this process. The jobs never change a cell's threads,
+    so the rows are the serial run's."""
 
     name = "local"
     settings = (
-        Setting("jobs", parse=parse_jobs, default=1, flag="--jobs", aliases=("-j",), protocol=False,
-                help="cells at once on this machine, each in its own process with cores/N torch threads, or 'auto' "
-                     "(default 1: one at a time in this process)"),
+        Setting("jobs", parse=parse_jobs, default="auto", flag="--jobs", aliases=("-j",), protocol=False,
+                help="cells at once on this machine, each in a process of its own (1: one after another in this "
+                     "process; default auto: as many as the cores hold at --threads each on a CPU, one on a GPU)"),
     )
 
     def run(self, job: Job) -> Iterator[CellOutcome]:
-        count, threads = jobs_and_threads(job.options.get("jobs", 1), job.settings.threads, job.settings.device)
-        count = min(count, len(job.cells)) or 1
+        threads, jobs = job.settings.threads, job.options.get("jobs", "auto")
+        in_process = job.registries.plugin_manager.in_process
+        if jobs == "auto" and in_process and len(job.cells) > 1:
+            job.log(f"local: plugins registered in this process ({', '.join(in_process)}) cannot be loaded by "
+                    "worker processes: one cell at a time")
+            jobs = 1
+        count = min(cells_at_once(jobs, threads, job.settings.device), len(job.cells)) or 1
+        if threads and count * threads > cores():
+            job.log(f"local: ⚠ {count} cells × {threads} threads on {cores()} cores: oversubscribed threads slow "
+                    "torch far beyond the fair share; fewer --jobs or --threads would be faster")
         if count == 1:
             for k, cell in enumerate(job.cells, start=1):
                 job.log(f"{cell.label}: cell {k} of {len(job.cells)}")
@@ -75,7 +96,7 @@ class LocalExecutor(Executor):
         from multiprocessing.connection import wait
 
         context = multiprocessing.get_context("spawn")
-        settings = replace(job.settings, threads=threads, progress=False, parallel_cells=count)
+        settings = replace(job.settings, progress=False, parallel_cells=count)
         environment = job.worker_environment()
         job.log(f"local: {len(job.cells)} cells, {count} at once, {threads} torch thread(s) each")
         queue, running = list(job.cells), {}

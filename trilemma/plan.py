@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from trilemma.datasets import Dataset
-from trilemma.environment import resolve_device, resolve_precision
+from trilemma.environment import resolve_device, resolve_precision, resolve_threads
 from trilemma.errors import TrilemmaError, did_you_mean
 from trilemma.model import ModelConfig, resolve_config
 from trilemma.plugins import Registries
@@ -49,6 +49,7 @@ class RunRequest:
     samplers: dict[str, list[str]] = field(default_factory=dict)  # model ("" for every model) → sampler specs
     retrain_changed: bool = False  # --resume: retrain cells whose identity changed instead of refusing
     precision: str = "auto"
+    threads: int | None = None  # torch CPU threads per cell (None: 1 on a CPU, torch's default on a GPU)
     metric_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweeps: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # model → field → values to try
     executor: str = "local"
@@ -73,17 +74,20 @@ class Cell:
     provider: str = ""  # the plugin distribution and version that provides the model
     samplers: tuple[str, ...] = ()  # the sampler specs to evaluate (evaluation, not identity)
     evaluate_only: bool = False  # evaluate a finished checkpoint; never train (``trilemma eval``)
+    threads: int | None = None  # torch CPU threads it trains and evaluates with (None: torch's default)
 
     @property
     def identity(self) -> dict[str, Any]:
         """What the cell's rows were trained as, apart from the seed: model, variant, config hash,
-        budget (kind and amount), dataset, plugin distribution and version, precision, time cap.
+        budget (kind and amount), dataset, plugin distribution and version, precision, time cap and
+        CPU threads (on a CPU the thread count changes the order of float sums, and so the weights).
         Resume, checkpoints and report pooling compare this, never names alone."""
         budget = ({"kind": "steps", "amount": self.preset.train_steps} if self.preset.train_steps is not None
                   else {"kind": "images", "amount": self.preset.train_images})
         return {"model": self.model, "variant": self.variant, "config_hash": self.config_hash,
                 "budget": {**budget, "batch_size": self.preset.batch_size}, "dataset": self.dataset,
-                "plugin": self.provider, "precision": self.precision, "train_seconds_cap": self.preset.train_seconds}
+                "plugin": self.provider, "precision": self.precision, "train_seconds_cap": self.preset.train_seconds,
+                "threads": self.threads}
 
     @property
     def identity_hash(self) -> str:
@@ -127,6 +131,7 @@ class Plan:
     cells: list[Cell]
     precision: str  # what the run asked for (a model that does not list bf16 trains in fp32)
     train_seconds_cap: float | None = None
+    threads: int | None = None  # torch CPU threads per cell
 
 
 SWEEP_VALUE = re.compile(r"^[A-Za-z0-9._+-]+$")
@@ -224,6 +229,7 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
                             f"valid: {', '.join(names)}")
     base = get_preset(request.preset, device.type)
     precision = resolve_precision(request.precision, device)
+    threads = resolve_threads(request.threads, device)
     models = {}
     unmatched = {spec.method for spec in specs(request.samplers.get("", []))}
     all_built = True
@@ -262,9 +268,10 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
     if unmatched and all_built:
         raise TrilemmaError(f"--sampler: no model in this run has the method(s) {', '.join(sorted(unmatched))}")
     cells = [Cell(plan.registry_name, dataset.name, seed, plan.config.to_dict(), plan.config.config_hash(), plan.preset,
-                  plan.precision, plan.variant, str(plan.provider), tuple(str(s) for s in plan.samplers))
+                  plan.precision, plan.variant, str(plan.provider), tuple(str(s) for s in plan.samplers),
+                  threads=threads)
              for seed in request.seeds for plan in models.values()]
-    return Plan(dataset, device, base.name, models, cells, precision, request.train_seconds)
+    return Plan(dataset, device, base.name, models, cells, precision, request.train_seconds, threads)
 
 
 def plan_eval(request: RunRequest, registries: Registries, manifest: dict[str, Any],
@@ -287,7 +294,8 @@ def plan_eval(request: RunRequest, registries: Registries, manifest: dict[str, A
         raise TrilemmaError(f"{request.out_dir} has no model(s) {', '.join(unknown)}; it has {', '.join(entries)}")
     device = resolve_device(request.device)
     base = get_preset(manifest.get("preset", "quick"), device.type)
-    cap = (manifest.get("training") or {}).get("train_seconds_cap")
+    training = manifest.get("training") or {}
+    cap, threads = training.get("train_seconds_cap"), training.get("threads")
     models: dict[str, ModelPlan] = {}
     cells: list[Cell] = []
     unmatched = {spec.method for spec in specs(request.samplers.get("", []))}
@@ -323,7 +331,7 @@ def plan_eval(request: RunRequest, registries: Registries, manifest: dict[str, A
             seeds = [s for s in seeds if s in request.seeds]
         cells += [Cell(name, dataset.name, seed, config.to_dict(), config.config_hash(), preset,
                        entry.get("precision", "fp32"), variant, str(provider), tuple(str(s) for s in samplers),
-                       evaluate_only=True) for seed in seeds]
+                       evaluate_only=True, threads=threads) for seed in seeds]
     if unmatched:
         raise TrilemmaError(f"--sampler: no model evaluated here has the method(s) {', '.join(sorted(unmatched))}")
     run_dir = RunDirectory(request.out_dir)
@@ -333,4 +341,4 @@ def plan_eval(request: RunRequest, registries: Registries, manifest: dict[str, A
                             "finished it); `trilemma run ... --resume --out` it first, or leave it out of eval")
     if not cells:
         raise TrilemmaError(f"{request.out_dir}: no recorded rows of {', '.join(wanted)} for seeds {request.seeds}")
-    return Plan(dataset, device, base.name, models, cells, manifest.get("training", {}).get("precision", "fp32"), cap)
+    return Plan(dataset, device, base.name, models, cells, training.get("precision", "fp32"), cap, threads)

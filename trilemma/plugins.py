@@ -66,6 +66,7 @@ class PluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.providers: dict[str, Provider] = {}
         self.broken: dict[str, BrokenPlugin] = {}
+        self.in_process: list[str] = []  # plugins registered by this process, which another process cannot load
 
     def register_plugin(self, plugin: ModuleType | object, name: str, provider: Provider) -> None:
         self.register(plugin, name=name)
@@ -124,6 +125,7 @@ def get_plugin_manager(extra_plugins: dict[str, object] | None = None) -> Plugin
             pm.mark_broken(ep.name, dist, exc)
     for name, plugin in (extra_plugins or {}).items():
         pm.register_plugin(plugin, name, Provider(name, name, ""))
+        pm.in_process.append(name)
     pm.check_pending()
     return pm
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from trilemma.columns import declared_columns
 from trilemma.data import default_data_dir
 from trilemma.environment import configure_device
@@ -67,7 +65,7 @@ def run(request: RunRequest, registries: Registries, log: Callable[[str], None] 
         settings = ExecutionSettings(
             run_dir=run_dir.root, device=str(plan.device), data_dir=request.data_dir,
             cache_dir=Path(request.data_dir or default_data_dir()) / "fidelity-cache", progress=request.progress,
-            verbose=request.verbose, metric_settings=metric_settings, threads=torch.get_num_threads())
+            verbose=request.verbose, metric_settings=metric_settings, threads=plan.threads)
         pending = {(cell.row_model, cell.seed): cell for cell in todo}
         for done, outcome in enumerate(executor.run(Job(todo, settings, registries, log, options)), start=1):
             check_outcome(outcome, pending, request.executor)
@@ -100,7 +98,7 @@ def cells_to_run(cells: list[Cell], table: ResultsTable, request: RunRequest, lo
     if changed and not request.retrain_changed:
         listed = ", ".join(cell.label for cell in changed)
         raise TrilemmaError(f"--resume: {listed} already has rows in {request.out_dir} trained as something else "
-                            "(another config, budget, dataset, precision or plugin version); run into another --out, "
+                            "(another config, budget, dataset, precision, threads or plugin version); run into another --out, "
                             "or add --retrain-changed to train them again and replace their rows")
     todo = []
     for cell in cells:
