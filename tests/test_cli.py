@@ -20,6 +20,7 @@ from trilemma.cli import main
     (["run", "tiny", "--set", "tiny.hiden=1"], "unknown field(s) hiden (did you mean 'hidden'?)"),
     (["run", "tiny", "--dataset", "mnsit"], "unknown dataset 'mnsit' (did you mean 'mnist'?)"),
     (["run", "tiny", "--executor", "locl"], "unknown executor 'locl' (did you mean 'local'?)"),
+    (["run", "tiny", "--threads", "0"], "argument --threads: must be a whole number"),
 ])
 def test_bad_input_gets_one_line(fake_registries, tmp_path, capsys, args, expected):
     code = main([*args, "--out", str(tmp_path)] if args[0] == "run" else args)
@@ -36,6 +37,22 @@ def test_unwritable_out(fake_registries, tmp_path, capsys):
     assert main(["run", "tiny", "--preset", "smoke", "--out", str(blocker / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("trilemma: error: cannot write to --out") and err.count("\n") == 1
+
+
+def test_out_that_is_a_file_says_so(fake_registries, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["run", "tiny", "--preset", "smoke", "--out", str(blocker)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file; give a directory" in err and err.count("\n") == 1
+
+
+def test_help_lists_the_installed_datasets_and_executors(fake_registries, capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default mnist): " in text and "stacked-mnist" in text.split("(default mnist): ")[1][:80]
+    assert "installed: local" in text
 
 
 def test_corrupt_data_file(fake_registries, tmp_path, capsys):

@@ -90,6 +90,9 @@ def test_report_has_every_model_failures_and_non_empty_pngs(tmp_path):
     assert all(p.stat().st_size > 5000 for p in pngs)
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "<table" in html
+    assert '<div class="scroll"><table' in html  # a wide table scrolls inside the page
+    assert "`" not in html.split("</h1>")[0]  # no Markdown backticks in the HTML heading
+    assert "NFE ↓" in md and " 100 ± " not in md and "± 0 " not in md  # a constant has no "± 0"
 
 
 def test_pooling_seeds_from_several_runs(tmp_path):
@@ -115,6 +118,32 @@ def test_comparison_refuses_different_protocols_unless_forced(tmp_path, capsys):
     assert len(table) == 5
     row = table[(table.model == "ddpm") & (table.sampler == "ddim-20")].iloc[0]
     assert row["fid Δ"] == pytest.approx(row["fid B"] - row["fid A"])
+
+
+def test_comparison_shows_headline_columns_by_their_titles_unless_all_are_asked(tmp_path):
+    make_run(tmp_path / "a", fail=None)
+    make_run(tmp_path / "b", fail=None, offset=1.0)
+    assert main(["report", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 0
+    md = (tmp_path / "c" / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| model"))
+    assert "FID ↓ A" in header and "FID ↓ Δ" in header and "fid Δ" not in header
+    assert "coverage_score" not in header  # not a headline column
+    assert "+1" in md.split(header)[1].splitlines()[2]  # Δ signed, in the column's own format
+    assert "### A: " in md and "### B: " in md  # both protocols, side by side
+    assert main(["report", "--compare", "--all-columns", str(tmp_path / "a"), str(tmp_path / "b"),
+                 "--out", str(tmp_path / "d")]) == 0
+    header = next(line for line in (tmp_path / "d" / "report.md").read_text().splitlines() if line.startswith("| model"))
+    assert "coverage_score ↑ A" in header
+
+
+def test_comparing_runs_that_share_no_rows_is_refused_unless_forced(tmp_path, capsys):
+    make_run(tmp_path / "a", fail=None)
+    b = make_run(tmp_path / "b", fail=None)
+    b.assign(model="other").to_csv(tmp_path / "b" / "results.csv", index=False)
+    assert main(["report", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 2
+    assert "share no (model, sampler) rows" in capsys.readouterr().err
+    assert main(["report", "--compare", "--force", str(tmp_path / "a"), str(tmp_path / "b"),
+                 "--out", str(tmp_path / "c")]) == 0
 
 
 def test_comparison_table_matches_rows_by_model_and_sampler(tmp_path):

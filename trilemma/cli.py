@@ -131,7 +131,8 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
                           "each variant is a model row of its own, e.g. ddpm.objective=eps,x0,v")
     run.add_argument("--out", type=Path, help="run directory (default reports/run-<time>)")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    run.add_argument("--dataset", default="mnist", help="dataset name (default mnist)")
+    datasets = f": {', '.join(registries.datasets.names())}" if registries is not None else ""
+    run.add_argument("--dataset", default="mnist", help=f"dataset name (default mnist){datasets}")
     run.add_argument("--data-dir", type=Path, help="where MNIST lives (default ~/.cache/trilemma)")
     run.add_argument("--sampler", action="append", default=[], metavar="[MODEL/]METHOD[:K=V,...]", dest="samplers",
                      help="evaluate this sampler instead of the preset's, e.g. ddim:steps=20,eta=1 or "
@@ -154,8 +155,9 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
     run.add_argument("--threads", type=whole_number(1),
                      help="torch threads per cell on a CPU (default 1; part of a cell's identity, since the thread "
                           "count changes the trained weights; the cores are used by --jobs)")
+    executors = f"; installed: {', '.join(registries.executors.names())}" if registries is not None else ""
     run.add_argument("--executor", default="local",
-                     help="how cells run (default local: on this machine, --jobs at once)")
+                     help=f"how cells run (default local: on this machine, --jobs at once){executors}")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     run.set_defaults(setting_dests=add_setting_flags(run, registries) if registries is not None else {})
@@ -179,7 +181,10 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
     report.add_argument("runs", nargs="+", type=Path, help="run directories; several are pooled (seeds aggregated)")
     report.add_argument("--compare", action="store_true", help="put two runs side by side with the differences")
     report.add_argument("--out", type=Path, help="where to write a pooled or comparison report")
-    report.add_argument("--force", action="store_true", help="pool or compare runs even when their protocols differ")
+    report.add_argument("--force", action="store_true",
+                        help="pool or compare runs even when their protocols differ (or, compared, share no rows)")
+    report.add_argument("--all-columns", action="store_true",
+                        help="with --compare: every numeric column, not only the headline ones")
 
     sanity = sub.add_parser("sanity", help="score sample sets of known order (real, noisy, blurred, blobs, noise, "
                                            "one class...) with every metric and list the pairs each mis-ranks")
@@ -371,7 +376,9 @@ def cmd_sanity(args: argparse.Namespace, registries: Registries) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from trilemma.report import render_runs
 
-    render_runs(args.runs, out=args.out, force=args.force, compare=args.compare)
+    if args.all_columns and not args.compare:
+        raise TrilemmaError("--all-columns only applies with --compare")
+    render_runs(args.runs, out=args.out, force=args.force, compare=args.compare, all_columns=args.all_columns)
     return EXIT_OK
 
 

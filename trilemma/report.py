@@ -22,6 +22,7 @@ from trilemma.report_document import (
     row_marks,
     run_document,
     sample_grids,
+    shared_rows,
     write_document,
 )
 from trilemma.report_protocol import check_poolable, check_protocols, columns_of, separate_identities
@@ -42,15 +43,16 @@ def render_run(run_dir: Path) -> Path:
     frame, manifest = load_run(run_dir)
     frame = separate_identities(frame)
     out = RunDirectory(run_dir)
-    doc = run_document(out, f"trilemma run `{out.root.name}`", frame, aggregate(frame), [manifest],
+    doc = run_document(out, f"trilemma run {out.root.name}", frame, aggregate(frame), [manifest],
                        sample_grids([run_dir], frame), out.read_curves())
     return write_document(out, doc)
 
 
 def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool = False,
-                compare: bool = False) -> Path:
+                compare: bool = False, all_columns: bool = False) -> Path:
     """One run: its own report. Several: pool their rows (seeds) into one report under ``out``,
-    or with ``compare`` put two runs side by side. Protocols must agree unless ``force``."""
+    or with ``compare`` put two runs side by side (headline columns, or ``all_columns``).
+    Protocols must agree, and compared runs share rows, unless ``force``."""
     run_dirs = [Path(r) for r in run_dirs]
     if len(run_dirs) == 1 and not compare:
         path = render_run(run_dirs[0])
@@ -61,6 +63,9 @@ def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool =
     check_protocols(run_dirs, manifests, force)
     if compare and len(run_dirs) != 2:
         raise TrilemmaError("--compare takes exactly two run directories")
+    if compare and not force and not shared_rows(loaded[0][0], loaded[1][0]):
+        raise TrilemmaError(f"{run_dirs[0]} and {run_dirs[1]} share no (model, sampler) rows: nothing to compare "
+                            "(add --force to write the side-by-side anyway)")
     if not compare:  # refused before anything is written
         frame = check_poolable(pd.concat([f.assign(run=str(r)) for (f, _), r in zip(loaded, run_dirs, strict=True)],
                                          ignore_index=True), force)
@@ -68,7 +73,7 @@ def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool =
     directory.root.mkdir(parents=True, exist_ok=True)
     if compare:
         doc, table = comparison_document([str(r) for r in run_dirs], loaded[0][0], loaded[1][0], manifests,
-                                         columns_of(manifests))
+                                         columns_of(manifests), all_columns)
         directory.write_text(directory.file("comparison.csv"), table.to_csv(index=False))
     else:
         directory.write_results(frame)

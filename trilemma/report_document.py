@@ -51,7 +51,7 @@ def headline_table(summary: pd.DataFrame, columns: Sequence[Column], marks: Sequ
         for _, row in summary.iterrows():
             cell = _fmt(row[column], fmt)
             half = (row.get(f"{column}_ci_high", math.nan) - row.get(f"{column}_ci_low", math.nan)) / 2
-            if cell != "–" and math.isfinite(half):
+            if cell != "–" and math.isfinite(half) and half > 0:  # a constant (NFE, say) has no "± 0"
                 cell += " ± " + _fmt(half, fmt.replace(",", ""))
             cells.append(cell)
         table[title] = cells
@@ -237,6 +237,7 @@ table{border-collapse:collapse;font-size:13px;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f3f3f3}
 td:first-child,td:nth-child(2){text-align:left}
+.scroll{overflow-x:auto;max-width:100%}
 img{max-width:100%}
 .grids{display:flex;flex-wrap:wrap;gap:1em}.grids figure{margin:0;width:260px}
 figcaption{font-size:12px;text-align:center}
@@ -283,8 +284,8 @@ def _environment(base: Path, autoescape: bool) -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined)
     env.filters["markdown"] = markdown_table
     env.filters["relative"] = lambda path: str(path.relative_to(base) if path.is_relative_to(base) else path)
-    env.filters["html_table"] = lambda table: jinja2.utils.markupsafe.Markup(
-        table.to_html(index=False, escape=True, border=0))
+    env.filters["html_table"] = lambda table: jinja2.utils.markupsafe.Markup(  # wide tables scroll, not overflow
+        '<div class="scroll">' + table.to_html(index=False, escape=True, border=0) + "</div>")
     env.filters["embed"] = _embed
     return env
 
@@ -319,10 +320,12 @@ def run_document(out: RunDirectory, title: str, frame: pd.DataFrame, summary: pd
         figures=render_figures(summary, out, columns, sections), grids=grids)
 
 
-def comparison_table(a: pd.DataFrame, b: pd.DataFrame, columns: Sequence[Column]) -> pd.DataFrame:
-    """Rows matched by (model, sampler): A, B and B − A for each numeric headline column."""
+def comparison_table(a: pd.DataFrame, b: pd.DataFrame, columns: Sequence[Column],
+                     all_columns: bool = False) -> pd.DataFrame:
+    """Rows matched by (model, sampler): A, B and B − A for each numeric headline column (every
+    declared numeric column with ``all_columns``), under the columns' names."""
     sa, sb = aggregate(a).set_index(KEY), aggregate(b).set_index(KEY)
-    compared = [c.name for c in columns if c.headline and not c.is_family and (c.name in sa or c.name in sb)]
+    compared = [c.name for c in _compared(columns, all_columns) if c.name in sa or c.name in sb]
     keys = list(dict.fromkeys([*sa.index, *sb.index]))
     records = []
     for key in keys:
@@ -335,14 +338,31 @@ def comparison_table(a: pd.DataFrame, b: pd.DataFrame, columns: Sequence[Column]
     return pd.DataFrame(records)
 
 
+def _compared(columns: Sequence[Column], all_columns: bool) -> list[Column]:
+    return [c for c in columns if (c.headline or all_columns) and not c.is_family and not c.text
+            and c.name not in (*KEY, "seed")]
+
+
+def shared_rows(a: pd.DataFrame, b: pd.DataFrame) -> int:
+    """How many (model, sampler) rows two runs have in common."""
+    return len(set(map(tuple, a[list(KEY)].values)) & set(map(tuple, b[list(KEY)].values)))
+
+
 def comparison_document(names: Sequence[str], a: pd.DataFrame, b: pd.DataFrame, manifests: Sequence[dict[str, Any]],
-                        columns: Sequence[Column]) -> tuple[ReportDocument, pd.DataFrame]:
-    """Two runs side by side: the document (values formatted) and the raw comparison table."""
-    table = comparison_table(a, b, columns)
-    shown = table.copy()
-    for column in shown.columns[2:]:
-        shown[column] = [_fmt(v, "{:+.4g}" if column.endswith("Δ") else "{:.4g}") for v in shown[column]]
-    doc = ReportDocument(title=f"trilemma: {names[0]} (A) against {names[1]} (B)", table=shown, intro="Δ = B − A.",
-                         protocols=[(name, protocol_items(manifest)) for name, manifest in zip("AB", manifests,
-                                                                                                  strict=True)])
+                        columns: Sequence[Column], all_columns: bool = False) -> tuple[ReportDocument, pd.DataFrame]:
+    """Two runs side by side: the document (under the columns' headings, formatted as the run
+    report formats them) and the raw comparison table."""
+    table = comparison_table(a, b, columns, all_columns)
+    shown = table[["model", "sampler"]].copy()
+    for declared in _compared(columns, all_columns):
+        if f"{declared.name} A" not in table:
+            continue
+        for side in ("A", "B", "Δ"):
+            fmt = declared.fmt if side != "Δ" else "{:+" + declared.fmt.removeprefix("{:")
+            shown[f"{declared.heading} {side}"] = [_fmt(v, fmt) for v in table[f"{declared.name} {side}"]]
+    scope = "headline columns; --all-columns for every one" if not all_columns else "every numeric column"
+    doc = ReportDocument(title=f"trilemma: {names[0]} (A) against {names[1]} (B)", table=shown,
+                         intro=f"Δ = B − A; rows matched by model and sampler; {scope}.",
+                         protocols=[(f"{side}: {name}", protocol_items(manifest))
+                                    for side, name, manifest in zip("AB", names, manifests, strict=True)])
     return doc, table

@@ -235,6 +235,8 @@ class RunDirectory:
 
     # --- files ----------------------------------------------------------------------------
     def ensure_writable(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise TrilemmaError(f"--out {self.root} is a file; give a directory (the run directory is made there)")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".write-test.{os.getpid()}"
