@@ -48,8 +48,7 @@ def test_out_that_is_a_file_says_so(fake_registries, tmp_path, capsys):
 
 
 def test_help_lists_the_installed_datasets_and_executors(fake_registries, capsys):
-    with pytest.raises(SystemExit):
-        main(["run", "--help"])
+    assert main(["run", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "(default mnist): " in text and "stacked-mnist" in text.split("(default mnist): ")[1][:80]
     assert "installed: local" in text
@@ -84,3 +83,13 @@ def test_setting_flags_say_their_owner_once(fake_registries):
     assert getattr(given, "setting:executor:ray:address") == "auto"  # the old name of --ray-address
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "tiny", "--likelihood-likelihood-images", "7"])
+
+
+def test_progress_bars_stay_out_of_output_that_is_not_a_terminal(fake_registries, tmp_path, capsys):
+    from trilemma.progress import progress_bar
+
+    bar = progress_bar(range(3), enabled=True, desc="x")
+    assert list(bar) == [0, 1, 2] and bar.disable  # captured stderr is not a terminal
+    assert main(["run", "tiny", "--preset", "smoke", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr()
+    assert "\r" not in out.err and "\r" not in out.out and "tiny seed 0: recorded" in out.out

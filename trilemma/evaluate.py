@@ -17,6 +17,7 @@ from trilemma.errors import BadSamples
 from trilemma.metrics import EvalContext, Metric
 from trilemma.model import GenerativeModel
 from trilemma.presets import Preset
+from trilemma.progress import progress_bar
 from trilemma.samplers import Sampler
 from trilemma.sampling import draw
 
@@ -72,9 +73,11 @@ def evaluate_sampler(model: GenerativeModel, model_name: str, sampler_name: str,
     protocols: dict[str, dict[str, Any]] = {}
     errors = []
     images, pristine = samples.images, samples.images.clone()
-    for metric_name, metric in metrics.items():
+    bar = progress_bar(metrics.items(), enabled=progress, desc=f"metrics {where}", leave=False, unit="metric")
+    for metric_name, metric in bar:
         if not metric.applies_to(dataset):
             continue
+        bar.set_postfix_str(metric_name, refresh=True)
         ctx = replace(base, settings=metric_settings.get(metric_name, {}))
         started = time.perf_counter()
         try:

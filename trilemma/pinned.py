@@ -69,7 +69,7 @@ def fit(model: torch.nn.Module, n: int, batch_loss: Callable[[torch.Tensor, torc
         progress: bool = True) -> torch.nn.Module:
     """Adam with a one-cycle learning-rate schedule over ``epochs`` shuffles of ``n`` items, seeded;
     ``batch_loss(indices, generator)`` is one batch's loss. Returns the model on the CPU, frozen."""
-    from tqdm.auto import tqdm
+    from trilemma.progress import progress_bar
 
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -78,7 +78,7 @@ def fit(model: torch.nn.Module, n: int, batch_loss: Callable[[torch.Tensor, torc
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(n, generator=generator)
-        bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not progress)
+        bar = progress_bar(range(steps_per_epoch), enabled=progress, desc=f"{desc} epoch {epoch + 1}/{epochs}")
         for step in bar:
             loss = batch_loss(order[step * batch_size : (step + 1) * batch_size], generator)
             optimizer.zero_grad(set_to_none=True)

@@ -58,7 +58,7 @@ def draw(model: GenerativeModel, sampler: Sampler, n: int, *, batch_size: int, s
          where: str = "sampler", progress: bool = False) -> Samples:
     """Draw ``n`` validated samples in batches (the last one alone), every batch counted: NFE by
     hooks and by FLOPs, the parameters used, duplicates (``trilemma.nfe``)."""
-    from tqdm.auto import tqdm
+    from trilemma.progress import progress_bar
 
     device = model.device
     generator = make_generator(device, seed)
@@ -67,7 +67,7 @@ def draw(model: GenerativeModel, sampler: Sampler, n: int, *, batch_size: int, s
     chunks = []
     start = time.perf_counter()
     with counter.counting():
-        for size in tqdm(draw_batches(n, batch_size), desc=f"sampling {where}", disable=not progress, leave=False):
+        for size in progress_bar(draw_batches(n, batch_size), enabled=progress, desc=f"sampling {where}", leave=False):
             images = counter.call(sampler, size, generator)
             check_samples(images, size, model.channels, where)
             chunks.append(images.detach().float().clamp(0, 1).cpu())

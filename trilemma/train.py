@@ -203,7 +203,7 @@ def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed:
     it runs with the model in eval mode, its time is not training time, and every random state
     training uses is put back afterwards, so the weights are those of a run without pauses.
     """
-    from tqdm.auto import tqdm
+    from trilemma.progress import progress_bar
 
     device = model.device
     if not model.optimizers:
@@ -247,7 +247,7 @@ def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed:
     model.train()
     step, losses = start_step, {}
     began = time.perf_counter()
-    bar = tqdm(total=budget.steps, initial=start_step, desc=desc, disable=not progress,
+    bar = progress_bar(total=budget.steps, initial=start_step, desc=desc, enabled=progress,
                unit="step", dynamic_ncols=True, mininterval=1.0)
     try:
         while True:
