@@ -23,15 +23,15 @@ def test_images_budget_sets_the_steps_and_the_manifest_records_it(fake_registrie
     assert row["train_steps"] == 3 and row["images_seen"] == 48  # ⌈40 / 16⌉ steps of 16
     assert not row["train_capped"] and row["train_precision"] in ("fp32", "bf16")
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["models"]["tiny"]["budget"] == {"train_images": 40, "train_steps": 3, "batch_size": 16}
+    assert manifest["models"]["tiny"]["budget"] == {"train_images": 40, "train_steps": 3, "train_pflop": None,
+                                                    "batch_size": 16}
     assert manifest["training"]["train_seconds_cap"] is None
 
 
 def test_cost_columns_are_measured(fake_registries, tmp_path):
     assert main(["run", "tiny", "--preset", "smoke", "--out", str(tmp_path), "--no-progress"]) == 0
     row = pd.read_csv(tmp_path / "results.csv").iloc[0]
-    flops_per_step = 2 * 3 * 16 * (4 * 8 + 8 * 784)  # two linear layers, forward + backward, batch 16
-    assert row["train_gflop_per_step"] * 1e9 == pytest.approx(flops_per_step, rel=0.01)
+    assert row["train_gflop_per_step"] * 1e9 == pytest.approx(TINY_FLOPS_PER_STEP, rel=0.01)
     assert row["train_images_per_s"] == pytest.approx(row["images_seen"] / row["train_seconds"])
     assert row["peak_gflops"] > 0 and row["train_gflops"] > 0
     assert row["utilisation"] == pytest.approx(row["train_gflops"] / row["peak_gflops"])
@@ -49,6 +49,49 @@ def test_a_wall_time_cap_is_marked_and_such_rows_are_not_compared_with_uncapped(
     capsys.readouterr()
     assert main(["report", "--compare", str(capped), str(free), "--out", str(tmp_path / "c")]) == 2
     assert "training.train_seconds_cap: 1.0 vs None" in capsys.readouterr().err
+
+
+TINY_FLOPS_PER_STEP = 2 * 3 * 16 * (4 * 8 + 8 * 784)  # the smoke tiny: two linear layers, fwd + bwd, batch 16
+
+
+def test_a_compute_budget_buys_the_steps_its_flops_per_step_allow():
+    budget = PRESETS["quick"].with_budget({"train_pflop": 2.5, "batch_size": 64}).budget
+    assert budget.kind == "pflop" and budget.train_images is None and budget.train_steps is None
+    with pytest.raises(TrilemmaError, match="no steps until"):
+        _ = budget.steps
+    assert budget.for_flops_per_step(1e12).steps == 2500
+    assert budget.for_flops_per_step(3e12).steps == math.ceil(2.5e15 / 3e12)
+    assert budget.for_flops_per_step(1e18).steps == 1  # at least one step
+    assert budget.with_changes({"train_images": 640}).kind == "images"  # one amount clears the others
+    with pytest.raises(TrilemmaError, match="train_pflop must be a number > 0"):
+        PRESETS["quick"].with_budget({"train_pflop": 0})
+    with pytest.raises(TrilemmaError, match="counted FLOPs per step"):
+        budget.for_flops_per_step(math.nan)
+
+
+def test_a_compute_matched_run_trains_each_model_to_its_flops_and_is_compared_only_with_its_kind(
+        fake_registries, tmp_path, capsys):
+    matched, work = tmp_path / "matched", tmp_path / "work"
+    pflop = 5.5 * TINY_FLOPS_PER_STEP / 1e15
+    assert main(["run", "tiny", "--preset", "smoke", "--train-pflop", str(pflop), "--out", str(matched),
+                 "--no-progress"]) == 0
+    row = pd.read_csv(matched / "results.csv").iloc[0]
+    assert row["status"] == "ok" and row["train_steps"] == 6  # ⌈5.5⌉ steps
+    assert row["train_pflop_budget"] == pytest.approx(pflop)
+    assert row["train_pflop"] == pytest.approx(6 * TINY_FLOPS_PER_STEP / 1e15, rel=0.01)
+    manifest = json.loads((matched / "manifest.json").read_text())
+    assert manifest["training"]["budget_kind"] == "compute"
+    assert manifest["models"]["tiny"]["budget"]["train_pflop"] == pytest.approx(pflop)
+    assert next(iter(manifest["identities"].values()))["budget"]["kind"] == "pflop"
+    assert "budgets in compute" in (matched / "report.md").read_text()
+    assert main(["eval", str(matched), "--no-progress"]) == 0  # the checkpoint's budget is rebuilt from the manifest
+    assert main(["run", "tiny", "--preset", "smoke", "--steps", "6", "--out", str(work), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["report", "--compare", str(matched), str(work), "--out", str(tmp_path / "c")]) == 2
+    assert "training.budget_kind: compute vs work" in capsys.readouterr().err
+    assert main(["run", "tiny", "--preset", "smoke", "--steps", "2", "--train-pflop", "1", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "--steps and --train-pflop each set the training budget" in capsys.readouterr().err
 
 
 def test_flop_counting_leaves_the_model_and_the_random_state_alone():

@@ -79,7 +79,7 @@ def test_a_protocol_1_model_or_a_bad_preset_is_refused_at_registration(fake_regi
 # --- contradictory input -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
-    (["--steps", "3", "--images", "48"], "--steps and --images both set the training budget"),
+    (["--steps", "3", "--images", "48"], "--steps and --images each set the training budget"),
     (["--set", "tiny.hidden=8", "--sweep", "tiny.hidden=4,8"], "--set and --sweep both set tiny.hidden"),
     (["--sampler", "loop:steps=2"], "no model in this run has the method(s) loop"),
     (["--sampler", "default:steps=2"], "unknown parameter(s) steps"),

@@ -46,14 +46,21 @@ def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return value
+def positive_number(unit: str) -> Callable[[str], float]:
+    """An argparse type: a finite number > 0 of ``unit``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be a number of {unit} > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_seconds = positive_number("seconds")
 
 
 def curve_fractions(text: str) -> tuple[float, ...]:
@@ -144,6 +151,9 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
                      help="with --resume: train cells recorded under another identity again and replace their rows")
     run.add_argument("--images", type=whole_number(1), help="train every model on this many images instead")
     run.add_argument("--steps", type=whole_number(1), help="train every model for this many steps instead")
+    run.add_argument("--train-pflop", type=positive_number("PFLOP"), metavar="PFLOP",
+                     help="train every model on this much compute instead (steps from each model's counted FLOPs "
+                          "per step): compute-matched rows, compared only with other compute-matched runs")
     run.add_argument("--train-seconds", type=positive_seconds,
                      help="cap each model's training at this wall time (recorded; capped rows are marked and "
                           "never compared with uncapped ones)")
@@ -350,6 +360,7 @@ def cmd_run(args: argparse.Namespace, registries: Registries) -> int:
                          device=args.device, dataset=args.dataset, data_dir=args.data_dir, resume=args.resume,
                          progress=not args.no_progress, verbose=args.verbose, train_steps=args.steps,
                          train_images=args.images, train_seconds=args.train_seconds, precision=args.precision,
+                         train_pflop=args.train_pflop,
                          threads=args.threads, metric_settings=given_settings(args, "metric"), sweeps=sweeps,
                          executor_settings=given_settings(args, "executor"), samplers=parse_samplers(args.samplers),
                          retrain_changed=args.retrain_changed, executor=args.executor, curves=args.curves,

@@ -73,6 +73,10 @@ HARNESS_COST = (
     Column("train_steps", description="optimizer updates"),
     Column("train_seconds", headline=True, title="train s", fmt="{:.0f}", description="training wall time (a cost)"),
     Column("train_images_per_s", better="higher", headline=True, title="train img/s", fmt="{:.0f}"),
+    Column("train_pflop", headline=True, title="train PFLOP", fmt="{:.3g}",
+           description="training compute spent: counted FLOPs per step × steps, PFLOP"),
+    Column("train_pflop_budget", optional=True,
+           description="the compute budget the steps were derived from (--train-pflop), PFLOP; empty on work budgets"),
     Column("train_gflop_per_step", description="mean FLOPs of the real training steps counted under "
                                                 "torch.utils.flop_counter (up to 16, spread over the run), GFLOP"),
     Column("train_gflops", better="higher", description="achieved GFLOP/s in training: FLOPs per step × steps / time"),
@@ -87,7 +91,7 @@ HARNESS_COST = (
     Column("peak_mem_bytes", description="peak CUDA memory in training (NaN on the CPU)"),
     Column("config_hash", description="hash of the resolved config", text=True),
     Column("identity", description="hash of what the cell was trained as, apart from its seed: model, config, "
-                                   "budget, dataset, plugin and version, precision, time cap", text=True),
+                                   "budget, dataset, plugin and version, precision, time cap, threads", text=True),
     Column("sampler_spec", description="the sampler's method and parameters, e.g. ddim:steps=20,eta=1", text=True),
     Column("parallel_cells", description="cells running at once on the machine (--jobs) when the row was measured: "
                                          "with more than one, its time columns were measured sharing the machine"),

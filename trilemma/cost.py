@@ -31,6 +31,8 @@ def training_flops_per_step(model: GenerativeModel, images: torch.Tensor, batch_
     cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     try:
         clone = copy.deepcopy(model)
+        if not clone.optimizers:
+            clone.optimizers = clone.configure_optimizers()
         clone.train()
         generator = torch.Generator(device=images.device).manual_seed(seed)
         with FlopCounter() as counter:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from trilemma.cache import CACHE
-from trilemma.cost import device_peak_gflops
+from trilemma.cost import device_peak_gflops, training_flops_per_step
 from trilemma.curves import CurveFile, curve_points, curve_sampler_names, evaluate_point
 from trilemma.data import Split
 from trilemma.datasets import Dataset
@@ -27,6 +27,7 @@ from trilemma.evaluate import evaluate_sampler
 from trilemma.model import GenerativeModel
 from trilemma.plan import Cell
 from trilemma.plugins import Registries
+from trilemma.presets import Preset
 from trilemma.registry import NAME_PATTERN
 from trilemma.results import FAILED, OK
 from trilemma.rundir import RunDirectory
@@ -86,6 +87,7 @@ def _train_columns(result: TrainResult, budget: Budget, flops_per_step: float, p
     achieved = flops_per_step * result.steps / result.seconds / 1e9 if result.seconds > 0 else math.nan
     return {"train_seconds": result.seconds, "train_steps": result.steps, "images_seen": result.images_seen,
             "train_images_per_s": result.images_seen / result.seconds if result.seconds > 0 else math.nan,
+            "train_pflop": flops_per_step * result.steps / 1e15,
             "train_gflop_per_step": flops_per_step / 1e9, "train_gflops": achieved, "peak_gflops": peak,
             "utilisation": achieved / peak if peak > 0 else math.nan, "train_precision": budget.precision,
             "train_capped": result.capped, "peak_mem_bytes": result.peak_mem_bytes}
@@ -105,12 +107,12 @@ def _sampler_names(cell: Cell, model_class: type[GenerativeModel] | None) -> lis
         return ["-"]
 
 
-def _curve(cell: Cell, settings: ExecutionSettings, model: GenerativeModel, model_class: type[GenerativeModel],
+def _curve(cell: Cell, preset: Preset, settings: ExecutionSettings, model: GenerativeModel, model_class: type[GenerativeModel],
            samplers: dict[str, Any], metrics: dict[str, Any], dataset: Dataset, base: dict[str, Any],
            log: Callable[[str], None]) -> Callable[[int], None] | None:
     """What a learning-curve point does at a step: evaluate the curve samplers with the curve metrics
     and record the rows in the cell's curve file."""
-    run_dir, preset = RunDirectory(settings.run_dir), cell.preset
+    run_dir = RunDirectory(settings.run_dir)
     names = curve_sampler_names(model_class.curve_samplers, samplers)
     chosen = {name: metric for name, metric in metrics.items() if getattr(metric, "in_curves", False)}
     if not names or not chosen:
@@ -196,16 +198,22 @@ def _execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registrie
         torch.manual_seed(cell.seed)
         model = model_class(model_class.Config.from_dict(cell.config), channels=dataset.channels).to(device)
         base["params"] = count_parameters(model)
-        budget = Budget(preset.steps, preset.train_seconds, preset.batch_size, preset.checkpoint_every, cell.precision)
         # A checkpoint here belongs to this cell (the driver cleared stale ones before a fresh run), so a
         # cell an executor retries after its worker died continues from it.
         checkpoint = run_dir.checkpoint(cell.row_model, cell.seed)
         images = training_images(dataset, settings.data_dir, device)
+        if preset.train_pflop is not None:  # a compute budget: the steps it buys at this model's FLOPs per step
+            per_step = training_flops_per_step(model, images, preset.batch_size, cell.precision, seed=cell.seed)
+            preset = preset.for_flops_per_step(per_step)
+            base["train_pflop_budget"] = cell.preset.train_pflop
+            log(f"{cell.label}: {cell.preset.train_pflop:g} PFLOP at {per_step / 1e9:.4g} GFLOP per step (counted) "
+                f"is {preset.steps:,} steps")
+        budget = Budget(preset.steps, preset.train_seconds, preset.batch_size, preset.checkpoint_every, cell.precision)
         peak = device_peak_gflops(device, budget.precision, settings.cache_dir)
         samplers = bind(model, cell_specs(cell, model_class))
         metrics = {entry.name: entry.item for entry in registries.metrics.in_order()}  # built-ins first
         curve = None if cell.evaluate_only or not preset.curve_fractions else _curve(
-            cell, settings, model, model_class, samplers, metrics, dataset, base, log)
+            cell, preset, settings, model, model_class, samplers, metrics, dataset, base, log)
         base["seconds_setup"] = time.perf_counter() - started
         if cell.evaluate_only:
             log(f"{cell.label}: evaluating its finished checkpoint ({checkpoint.name}), no training")

@@ -46,6 +46,7 @@ class RunRequest:
     train_steps: int | None = None
     train_images: int | None = None
     train_seconds: float | None = None  # a wall-time cap, recorded in the protocol
+    train_pflop: float | None = None  # a compute budget for every model instead (compute-matched rows)
     samplers: dict[str, list[str]] = field(default_factory=dict)  # model ("" for every model) → sampler specs
     retrain_changed: bool = False  # --resume: retrain cells whose identity changed instead of refusing
     precision: str = "auto"
@@ -82,8 +83,8 @@ class Cell:
         budget (kind and amount), dataset, plugin distribution and version, precision, time cap and
         CPU threads (on a CPU the thread count changes the order of float sums, and so the weights).
         Resume, checkpoints and report pooling compare this, never names alone."""
-        budget = ({"kind": "steps", "amount": self.preset.train_steps} if self.preset.train_steps is not None
-                  else {"kind": "images", "amount": self.preset.train_images})
+        kind = self.preset.budget.kind
+        budget = {"kind": kind, "amount": getattr(self.preset, f"train_{kind}")}
         return {"model": self.model, "variant": self.variant, "config_hash": self.config_hash,
                 "budget": {**budget, "batch_size": self.preset.batch_size}, "dataset": self.dataset,
                 "plugin": self.provider, "precision": self.precision, "train_seconds_cap": self.preset.train_seconds,
@@ -152,8 +153,10 @@ def sweep_variants(sweeps: dict[str, list[str]]) -> list[tuple[str, dict[str, st
 
 def check_consistent(request: RunRequest) -> None:
     """Refuse input that says two things at once, before anything is resolved."""
-    if request.train_steps is not None and request.train_images is not None:
-        raise TrilemmaError("--steps and --images both set the training budget; give one of them")
+    given = [flag for flag, value in (("--steps", request.train_steps), ("--images", request.train_images),
+                                      ("--train-pflop", request.train_pflop)) if value is not None]
+    if len(given) > 1:
+        raise TrilemmaError(f"{' and '.join(given)} each set the training budget; give one of them")
     for model, fields in request.sweeps.items():
         both = sorted(set(fields) & set(request.overrides.get(model, {})))
         if both:
@@ -251,6 +254,8 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
             preset = preset.with_budget({"train_steps": request.train_steps})
         if request.train_images is not None:
             preset = preset.with_budget({"train_images": request.train_images})
+        if request.train_pflop is not None:
+            preset = preset.with_budget({"train_pflop": request.train_pflop})
         if request.train_seconds is not None:
             preset = preset.capped(request.train_seconds)
         if request.curves is not None:
@@ -315,7 +320,8 @@ def plan_eval(request: RunRequest, registries: Registries, manifest: dict[str, A
             raise TrilemmaError(f"{row_model}: its recorded config no longer hashes to {entry.get('config_hash')} "
                                 f"under {provider} (the Config class changed)")
         recorded = entry.get("budget", {})
-        budget = ({"train_images": recorded["train_images"]} if recorded.get("train_images") is not None
+        budget = ({"train_pflop": recorded["train_pflop"]} if recorded.get("train_pflop") is not None
+                  else {"train_images": recorded["train_images"]} if recorded.get("train_images") is not None
                   else {"train_steps": recorded.get("train_steps")})
         preset = base.with_budget({**budget, "batch_size": recorded.get("batch_size", base.batch_size)},
                                   where=f"{row_model}: ")

@@ -18,7 +18,9 @@ from trilemma.errors import TrilemmaError, did_you_mean
 #: Training precisions the command line takes.
 PRECISIONS = ("auto", "fp32", "bf16")
 #: The keys a model's ``presets[name]["budget"]`` may set.
-BUDGET_KEYS = ("train_images", "train_steps", "batch_size")
+BUDGET_KEYS = ("train_images", "train_steps", "train_pflop", "batch_size")
+#: The three ways to say how much a model trains; a budget gives exactly one.
+BUDGET_AMOUNTS = ("train_images", "train_steps", "train_pflop")
 
 
 def _whole(where: str, name: str, low: int, value: Any) -> None:
@@ -28,61 +30,86 @@ def _whole(where: str, name: str, low: int, value: Any) -> None:
 
 @dataclass(frozen=True)
 class TrainingBudget:
-    """How much a model trains: ``train_images`` (steps = ⌈images / batch size⌉) or ``train_steps``,
-    one of the two; checkpoints every ``checkpoint_every`` steps. Work, never wall time:
-    ``train_seconds`` is only ever the user's explicit cap (``--train-seconds``)."""
+    """How much a model trains: ``train_images`` (steps = ⌈images / batch size⌉), ``train_steps``,
+    or ``train_pflop`` (training compute: steps = ⌈PFLOP / the model's counted FLOPs per step⌉, so
+    that models of different cost per image get the same compute), exactly one of the three;
+    checkpoints every ``checkpoint_every`` steps. Work, never wall time: ``train_seconds`` is only
+    ever the user's explicit cap (``--train-seconds``)."""
 
     train_images: int | None
     train_steps: int | None
     batch_size: int
     checkpoint_every: int
     train_seconds: float | None = None
+    train_pflop: float | None = None
     where: str = field(default="budget", compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if (self.train_images is None) == (self.train_steps is None):
-            raise TrilemmaError(f"{self.where}: a budget needs train_images or train_steps (one of them)")
+        if sum(getattr(self, name) is not None for name in BUDGET_AMOUNTS) != 1:
+            raise TrilemmaError(f"{self.where}: a budget needs one of train_images, train_steps or train_pflop")
         for name in ("train_images", "train_steps"):
             if getattr(self, name) is not None:
                 _whole(self.where, name, 1, getattr(self, name))
         _whole(self.where, "batch_size", 1, self.batch_size)
         _whole(self.where, "checkpoint_every", 1, self.checkpoint_every)
-        if self.train_seconds is not None and (
-                isinstance(self.train_seconds, bool) or not isinstance(self.train_seconds, (int, float))
-                or not math.isfinite(self.train_seconds) or self.train_seconds <= 0):
-            raise TrilemmaError(f"{self.where}: train_seconds must be a number > 0, got {self.train_seconds!r}")
+        for name in ("train_seconds", "train_pflop"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value <= 0):
+                raise TrilemmaError(f"{self.where}: {name} must be a number > 0, got {value!r}")
+
+    @property
+    def kind(self) -> str:
+        """``images``, ``steps`` or ``pflop``."""
+        return next(name for name in BUDGET_AMOUNTS if getattr(self, name) is not None).removeprefix("train_")
 
     @property
     def steps(self) -> int:
-        """Optimizer steps the budget allows."""
+        """Optimizer steps the budget allows (a compute budget's once ``for_flops_per_step`` resolved it)."""
+        if self.train_pflop is not None:
+            raise TrilemmaError(f"{self.where}: a budget of {self.train_pflop:g} PFLOP has no steps until its model's "
+                                "FLOPs per step are counted (for_flops_per_step)")
         if self.train_steps is not None:
             return self.train_steps
         return math.ceil(self.train_images / self.batch_size)
 
+    def for_flops_per_step(self, flops: float) -> TrainingBudget:
+        """A compute budget as the steps it buys at ``flops`` per step (at least one); others as they are."""
+        if self.train_pflop is None:
+            return self
+        if not math.isfinite(flops) or flops <= 0:
+            raise TrilemmaError(f"{self.where}: cannot turn {self.train_pflop:g} PFLOP into steps: the model's "
+                                f"counted FLOPs per step are {flops!r}")
+        return replace(self, train_pflop=None, train_steps=max(1, math.ceil(self.train_pflop * 1e15 / flops)))
+
     @property
     def work(self) -> str:
         """The budget in words, for logs."""
+        if self.train_pflop is not None:
+            return f"{self.train_pflop:g} PFLOP of training, batch {self.batch_size}"
         if self.train_steps is not None:
             return f"{self.train_steps:,} steps of {self.batch_size}"
         return f"{self.train_images:,} images ({self.steps:,} steps of {self.batch_size})"
 
     def with_changes(self, overrides: Mapping[str, Any], where: str = "") -> TrainingBudget:
-        """This budget with some of ``train_images``, ``train_steps`` and ``batch_size`` replaced (a
-        model's budget, the command line's); setting one of the two amounts clears the other."""
+        """This budget with some of ``train_images``, ``train_steps``, ``train_pflop`` and
+        ``batch_size`` replaced (a model's budget, the command line's); setting one of the amounts
+        clears the others."""
         unknown = set(overrides) - set(BUDGET_KEYS)
         if unknown:
             hint = "; budgets are work, not time (--train-seconds is the user's cap)" if "train_seconds" in unknown else ""
             raise TrilemmaError(f"{where}preset budget: unknown key(s) {sorted(unknown)}; valid: {list(BUDGET_KEYS)}{hint}")
         changes = dict(overrides)
-        if "train_images" in changes and "train_steps" not in changes:
-            changes["train_steps"] = None
-        elif "train_steps" in changes and "train_images" not in changes:
-            changes["train_images"] = None
+        given = [name for name in BUDGET_AMOUNTS if name in changes]
+        if given:
+            changes.update({name: None for name in BUDGET_AMOUNTS if name not in given})
         return replace(self, **changes, where=f"{where}{self.where}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"train_images": self.train_images, "train_steps": self.steps, "batch_size": self.batch_size,
-                "checkpoint_every": self.checkpoint_every, "train_seconds_cap": self.train_seconds}
+        steps = self.train_steps if self.train_pflop is not None else self.steps
+        return {"train_images": self.train_images, "train_steps": steps, "train_pflop": self.train_pflop,
+                "batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every,
+                "train_seconds_cap": self.train_seconds}
 
 
 #: Bumped whenever what an evaluation number means changes (a sample count's role, a timing rule);
@@ -152,6 +179,10 @@ class Preset:
         replaced; anything else, or a value out of range, is a ``TrilemmaError`` naming ``where``."""
         return replace(self, budget=self.budget.with_changes(overrides, where))
 
+    def for_flops_per_step(self, flops: float) -> Preset:
+        """This preset with a compute budget turned into steps at ``flops`` per step."""
+        return replace(self, budget=self.budget.for_flops_per_step(flops))
+
     def with_curves(self, fractions: tuple[float, ...], samples: int | None = None) -> Preset:
         """This preset with other learning-curve points (``()``: none) and, optionally, sample count."""
         evaluation = replace(self.evaluation, curve_fractions=tuple(fractions),
@@ -165,7 +196,8 @@ class Preset:
 
 
 _READ_THROUGH = {
-    "budget": ("train_images", "train_steps", "batch_size", "checkpoint_every", "train_seconds", "steps", "work"),
+    "budget": ("train_images", "train_steps", "train_pflop", "batch_size", "checkpoint_every", "train_seconds", "steps",
+               "work"),
     "evaluation": ("eval_samples", "stacked_samples", "speed_batch_sizes", "speed_repeats", "sample_batch_size",
                    "curve_fractions", "curve_samples"),
 }

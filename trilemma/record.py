@@ -84,8 +84,8 @@ class Recorder:
         model = self.plan.models[name]
         return {"distribution": str(model.provider), "registry_name": model.registry_name, "variant": model.variant,
                 "config": model.config.to_dict(), "config_hash": model.config.config_hash(),
-                "budget": {"train_images": model.preset.train_images, "train_steps": model.preset.steps,
-                           "batch_size": model.preset.batch_size},
+                "budget": {key: model.preset.budget.to_dict()[key]
+                           for key in ("train_images", "train_steps", "train_pflop", "batch_size")},
                 "precision": model.precision, "eval_samples": model.preset.eval_samples,
                 "samplers": [str(spec) for spec in model.samplers]}
 
@@ -97,6 +97,7 @@ class Recorder:
         plan = self.plan
         dists = sorted({model.provider.distribution for model in plan.models.values()})
         recorded_models = {recorded.row_model} if recorded is not None else set()
+        compute = any(model.preset.budget.kind == "pflop" for model in plan.models.values())
 
         def change(manifest: dict[str, Any]) -> None:
             metrics = {**manifest.get("metrics", {}), **extra.pop("metrics", {})}
@@ -120,7 +121,9 @@ class Recorder:
                 "seeds": sorted({*manifest.get("seeds", []), *self.request.seeds}),
                 "seed_offsets": dict(SEED_OFFSETS),
                 "preset": plan.preset,
-                "training": {"budget": "work: training images (or steps), never wall time",
+                "training": {"budget": "compute: training PFLOP, as steps at each model's counted FLOPs per step"
+                             if compute else "work: training images (or steps), never wall time",
+                             "budget_kind": "compute" if compute else "work",
                              "precision": plan.precision, "train_seconds_cap": plan.train_seconds_cap,
                              "threads": plan.threads},
                 "evaluation_protocol": get_preset(plan.preset, plan.device.type).evaluation.to_dict(),

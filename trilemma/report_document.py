@@ -83,8 +83,9 @@ def protocol_items(manifest: dict[str, Any]) -> list[str]:
     if training:
         cap = training.get("train_seconds_cap")
         limit = f"⚠ capped at {cap:g} s of wall time: not comparable with uncapped runs" if cap else "no time cap"
+        threads = f"; {training['threads']} torch thread(s) per cell" if training.get("threads") else ""
         lines.append(f"Training: budgets in {str(training.get('budget', 'work')).split(':')[0]}; precision "
-                     f"{training.get('precision')}; {limit}")
+                     f"{training.get('precision')}{threads}; {limit}")
     for metric, protocol in (manifest.get("metrics") or {}).items():
         if isinstance(protocol, dict) and protocol:
             described = protocol.get("summary") or "; ".join(f"{k}: {v}" for k, v in protocol.items())

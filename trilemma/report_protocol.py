@@ -52,7 +52,7 @@ def protocol_fields(manifests: Sequence[dict[str, Any]]) -> list[tuple[str, ...]
             keys.setdefault(metric, list(names))
     if not keys:
         keys = {metric.name: list(metric.protocol_keys) for metric in registered_metrics()}
-    harness = [("dataset",), ("training", "precision"), ("training", "train_seconds_cap"),
+    harness = [("dataset",), ("training", "precision"), ("training", "train_seconds_cap"), ("training", "budget_kind"),
                ("evaluation_protocol", "version")]
     return harness + [("metrics", metric, key) for metric, names in keys.items() for key in names]
 
@@ -118,6 +118,8 @@ def protocol_differences(manifests: Sequence[dict[str, Any]]) -> list[str]:
         values = [get_path(m, path) for m in manifests]
         if path == ("evaluation_protocol", "version"):  # runs recorded before the protocol had a version: 1
             values = [1 if value is None else value for value in values]
+        if path == ("training", "budget_kind"):  # runs recorded before compute budgets trained on work
+            values = ["work" if value is None else value for value in values]
         if len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1:
             differences.append(f"{'.'.join(path)}: {' vs '.join(map(str, values))}")
     return differences
