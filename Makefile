@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip
 PIP_LOCAL := $(PIP) install --no-build-isolation --no-deps
 RUN_ARGS ?= --all --preset auto
 
-.PHONY: setup run test slow dist bench lint clean
+.PHONY: setup run test slow dist trackers bench lint clean
 setup: $(VENV)/.installed
 
 $(BIN)/python:
@@ -36,6 +36,9 @@ slow: setup
 
 dist: setup
 	$(BIN)/tox -e dist
+
+trackers: setup
+	$(BIN)/tox -e trackers
 
 bench: setup
 	$(BIN)/tox -e bench

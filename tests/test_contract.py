@@ -38,7 +38,8 @@ def python_blocks(text: str) -> list[str]:
 def test_every_hookspec_is_documented_with_arguments_return_when_and_an_example():
     sections = doc_sections(HOOKS_DOC.read_text())
     names = hookspec_names()
-    assert {"register_models", "register_metrics", "register_datasets", "register_executors"} <= set(names)
+    assert {"register_models", "register_metrics", "register_datasets", "register_executors",
+            "register_trackers"} <= set(names)
     for name in names:
         section = sections.get(f"{name}(register)")
         assert section is not None, f"hookspec {name} has no '## {name}(register)' section in {HOOKS_DOC.name}"
@@ -72,6 +73,7 @@ def test_the_hook_examples_register_what_they_say(monkeypatch):
     assert "brightness" in registries.metrics
     assert {"mymodel", "mymodel-again"} <= set(registries.models.names())
     assert "reversed" in registries.executors
+    assert "jsonl" in registries.trackers
 
 
 def with_doc_example(monkeypatch, hook: str) -> None:

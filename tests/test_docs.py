@@ -14,7 +14,7 @@ from trilemma.plugins import collect
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 #: Commands of other tools that docs may show, and why they are not checked here.
-EXTERNAL = {"ray": "Ray's own CLI (cluster set-up)"}
+EXTERNAL = {"ray": "Ray's own CLI (cluster set-up)", "tensorboard": "TensorBoard's own viewer"}
 
 
 def shell_commands(path):

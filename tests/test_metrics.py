@@ -168,3 +168,45 @@ def test_run_with_inception_weights_and_without(fake_registries, tmp_path, monke
                  "--inception-weights", str(weights), "--set", "tiny.hidden=4"]) == 0
     row = pd.read_csv(tmp_path / "b" / "results.csv").iloc[0]
     assert row["inception_is_mean"] >= 1.0 and np.isfinite(row["inception_kid_mean"])
+
+
+@pytest.mark.parametrize("space", ["classifier", "autoencoder"])
+def test_fidelity_step_by_step_gives_torch_fidelitys_numbers_and_reuses_the_real_radii(mnist, space, tmp_path):
+    """compute_fidelity runs torch-fidelity's own functions one by one so that precision/recall's real
+    k-NN radii are computed once per reference: every number must equal calculate_metrics'."""
+    import contextlib
+    import io
+
+    import torch_fidelity
+
+    from trilemma.cache import CACHE
+    from trilemma.metrics.features import AUTOENCODER, CLASSIFIER
+    from trilemma.metrics.fidelity import ImageSet, register_extractors
+
+    chosen = CLASSIFIER if space == "classifier" else AUTOENCODER
+    generated = (mnist["test"].images[:400].float() / 255 + 0.1 * torch.rand(400, 1, 28, 28)).clamp(0, 1)
+    real = mnist["train"].images[:600]
+    with_isc = chosen is CLASSIFIER
+    got = compute_fidelity(generated, real, extractor=chosen.extractor, dim=chosen.dim, reference_name="ref-a",
+                           cache_dir=tmp_path, metrics=("fid", "isc", "kid", "prc") if with_isc else ("fid", "kid", "prc"))
+    register_extractors()
+    with contextlib.redirect_stdout(io.StringIO()):
+        expected = torch_fidelity.calculate_metrics(
+            input1=ImageSet(generated), input2=ImageSet(real), feature_extractor=chosen.extractor, isc=with_isc,
+            fid=True, kid=True, prc=True, kid_subset_size=400, rng_seed=0, verbose=False, save_cpu_ram=True,
+            cuda=False, batch_size=500)
+    names = {"fid": "frechet_inception_distance", "is_mean": "inception_score_mean",
+             "kid_mean": "kernel_inception_distance_mean", "kid_std": "kernel_inception_distance_std",
+             "precision": "precision", "recall": "recall"}
+    for ours, theirs in names.items():
+        if ours == "is_mean" and not with_isc:
+            continue
+        assert got[ours] == pytest.approx(expected[theirs], rel=1e-6, abs=1e-9), ours
+    assert any(key[0] == "ref-a" for key in CACHE._store.get("prc-real-radii", {}))
+    again = compute_fidelity(generated[:300], real, extractor=chosen.extractor, dim=chosen.dim, reference_name="ref-a",
+                             cache_dir=tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        fresh = torch_fidelity.calculate_metrics(
+            input1=ImageSet(generated[:300]), input2=ImageSet(real), feature_extractor=chosen.extractor, prc=True,
+            verbose=False, save_cpu_ram=True, cuda=False)
+    assert (again["precision"], again["recall"]) == pytest.approx((fresh["precision"], fresh["recall"]))

@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Cell": "trilemma.plan",
     "CellOutcome": "trilemma.execute",
+    "CellRecord": "trilemma.tracker_api",
     "Column": "trilemma.columns",
     "Dataset": "trilemma.datasets",
     "EvalContext": "trilemma.metrics",
@@ -37,6 +38,7 @@ _LAZY = {
     "Samples": "trilemma.sampling",
     "Setting": "trilemma.settings",
     "Split": "trilemma.data",
+    "Tracker": "trilemma.tracker_api",
     "TrilemmaError": "trilemma.errors",
     "collect": "trilemma.plugins",
     "get_plugin_manager": "trilemma.plugins",
@@ -45,6 +47,7 @@ _LAZY = {
 __all__ = [
     "Cell",
     "CellOutcome",
+    "CellRecord",
     "Column",
     "Dataset",
     "EvalContext",
@@ -63,6 +66,7 @@ __all__ = [
     "Samples",
     "Setting",
     "Split",
+    "Tracker",
     "TrilemmaError",
     "collect",
     "get_models",

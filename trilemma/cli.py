@@ -168,6 +168,9 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
     executors = f"; installed: {', '.join(registries.executors.names())}" if registries is not None else ""
     run.add_argument("--executor", default="local",
                      help=f"how cells run (default local: on this machine, --jobs at once){executors}")
+    trackers = f"; installed: {', '.join(registries.trackers.names())}" if registries is not None else ""
+    run.add_argument("--log", action="append", default=[], metavar="TRACKER", dest="trackers",
+                     help=f"also log each cell to an experiment tracker (repeatable){trackers}")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     run.set_defaults(setting_dests=add_setting_flags(run, registries) if registries is not None else {})
@@ -258,7 +261,8 @@ def cmd_list(registries: Registries, check: bool = False) -> int:
         flags = ", ".join(s.flag_for(entry.name) for s in entry.item.settings)
         print(f"  {entry.name:<22} {entry.provider}")
         print(f"      needs {', '.join(entry.item.needs)}; columns: {columns}" + (f"; settings: {flags}" if flags else ""))
-    for title, registry in (("datasets", registries.datasets), ("executors", registries.executors)):
+    for title, registry in (("datasets", registries.datasets), ("executors", registries.executors),
+                            ("trackers", registries.trackers)):
         print(f"{title}:")
         if not len(registry):
             print("  (none)")
@@ -360,7 +364,7 @@ def cmd_run(args: argparse.Namespace, registries: Registries) -> int:
                          device=args.device, dataset=args.dataset, data_dir=args.data_dir, resume=args.resume,
                          progress=not args.no_progress, verbose=args.verbose, train_steps=args.steps,
                          train_images=args.images, train_seconds=args.train_seconds, precision=args.precision,
-                         train_pflop=args.train_pflop,
+                         train_pflop=args.train_pflop, trackers=list(dict.fromkeys(args.trackers)),
                          threads=args.threads, metric_settings=given_settings(args, "metric"), sweeps=sweeps,
                          executor_settings=given_settings(args, "executor"), samplers=parse_samplers(args.samplers),
                          retrain_changed=args.retrain_changed, executor=args.executor, curves=args.curves,

@@ -52,11 +52,13 @@ class ExecutionSettings:
 
 @dataclass
 class CellOutcome:
-    """A cell's rows (one per sampler) and the metrics' protocol descriptions."""
+    """A cell's rows (one per sampler), the metrics' protocol descriptions, and its training losses
+    along the way (for trackers; steps trained by this process only)."""
 
     cell: Cell
     rows: list[dict[str, Any]]
     protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
+    losses: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -257,4 +259,4 @@ def _execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registrie
             protocols.update(getattr(exc, "protocols", {}))
             row = failure_row({**row, **getattr(exc, "partial", {})}, exc)
         rows.append(row)
-    return CellOutcome(cell, rows, protocols)
+    return CellOutcome(cell, rows, protocols, result.loss_history)

@@ -40,3 +40,9 @@ def register_datasets(register: Callable[..., None]) -> None:
 def register_executors(register: Callable[..., None]) -> None:
     """Register executors: ``register(executor)``, a ``trilemma.Executor`` instance that runs the
     cells of a run (``trilemma run --executor NAME``)."""
+
+
+@hookspec
+def register_trackers(register: Callable[..., None]) -> None:
+    """Register experiment trackers: ``register(tracker)``, a ``trilemma.Tracker`` instance that logs
+    each cell as it is recorded (``trilemma run --log NAME``)."""

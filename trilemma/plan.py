@@ -56,6 +56,7 @@ class RunRequest:
     executor: str = "local"
     executor_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     curves: tuple[float, ...] | None = None  # learning-curve points instead of the preset's (() for none)
+    trackers: list[str] = field(default_factory=list)  # experiment trackers each cell is logged to (--log)
     command: list[str] = field(default_factory=lambda: ["trilemma", "run"])  # as typed, for the manifest
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -43,6 +44,26 @@ def pareto_frontier(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return points.loc[keep]
 
 
+#: Where a point's label may go, in points from the point: right, above, below, left, further out.
+LABEL_OFFSETS = ((5, 3), (5, -10), (-5, 8), (-5, -14), (8, 14), (8, -20), (-8, 18), (-8, -24))
+
+
+def _place_labels(ax: plt.Axes, points: list[tuple[float, float, str]]) -> None:
+    """Label each point at the first offset whose text box overlaps no label placed before it (the
+    last offset when every one does): neighbouring samplers' names stay readable."""
+    renderer = ax.figure.canvas.get_renderer()
+    placed: list[Any] = []
+    for px, py, text in points:
+        for offset in LABEL_OFFSETS:
+            label_ = ax.annotate(text, (px, py), textcoords="offset points", xytext=offset, fontsize=7,
+                                 ha="left" if offset[0] > 0 else "right")
+            box = label_.get_window_extent(renderer).expanded(1.05, 1.1)
+            if not any(box.overlaps(other) for other in placed) or offset == LABEL_OFFSETS[-1]:
+                placed.append(box)
+                break
+            label_.remove()
+
+
 def quality_vs_cost(frame: pd.DataFrame, path: Path, quality: Column, cost: Column) -> Path | None:
     """The quality axis (FID) against the cost axis (NFE, log scale), every (model, sampler), the
     Pareto frontier marked."""
@@ -56,9 +77,6 @@ def quality_vs_cost(frame: pd.DataFrame, path: Path, quality: Column, cost: Colu
     for model in models:
         rows = points[points["model"] == model].sort_values(x)
         ax.plot(rows[x], rows[y], "o-", color=colours[model], label=model, alpha=0.85, markersize=6)
-        for _, row in rows.iterrows():
-            text = row["model"] if row["sampler"] == "default" else row["sampler"]
-            ax.annotate(text, (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     frontier = pareto_frontier(points, x=x, y=y) if quality.better != "higher" else pareto_frontier(
         points.assign(**{y: -points[y]}), x=x, y=y).assign(**{y: lambda f: -f[y]})
     ax.step(frontier[x], frontier[y], where="post", color="black", linestyle="--", linewidth=1,
@@ -70,6 +88,8 @@ def quality_vs_cost(frame: pd.DataFrame, path: Path, quality: Column, cost: Colu
     ax.set_title("Quality against sampling cost")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    _place_labels(ax, [(row[x], row[y], row["model"] if row["sampler"] == "default" else row["sampler"])
+                       for _, row in points.iterrows()])
     return _save(fig, path)
 
 
@@ -101,29 +121,38 @@ def trilemma_scores(frame: pd.DataFrame, axes: dict[str, Column]) -> pd.DataFram
 
 
 def trilemma_chart(frame: pd.DataFrame, path: Path, axes: dict[str, Column]) -> Path | None:
-    """A three-axis radar chart: quality, speed and coverage for each (model, sampler)."""
+    """Three-axis radar charts of quality, speed and coverage (scores relative to every row of the
+    report): small multiples, one panel per model with its samplers, so each stays readable."""
     rows = trilemma_scores(frame, axes)
     if rows.empty:
         return None
-    axes_names = [f"quality\n({axes['quality'].title or axes['quality'].name}, relative)",
-                  f"speed\n(log {axes['speed'].title or axes['speed'].name}, rescaled)",
+    axes_names = [f"quality\n({axes['quality'].title or axes['quality'].name})",
+                  f"speed\n(log {axes['speed'].title or axes['speed'].name})",
                   f"coverage\n({axes['coverage'].name})"]
     angles = np.linspace(0, 2 * np.pi, 3, endpoint=False).tolist()
-    fig, ax = plt.subplots(figsize=(6.5, 6), subplot_kw={"polar": True})
+    models = list(dict.fromkeys(rows["model"]))
+    cols = min(3, len(models))
+    nrows = math.ceil(len(models) / cols)
+    fig, panels = plt.subplots(nrows, cols, figsize=(4.2 * cols, 4.0 * nrows), subplot_kw={"polar": True},
+                               squeeze=False, constrained_layout=True)
     colours = plt.cm.tab10(np.linspace(0, 1, 10))
-    for i, (_, row) in enumerate(rows.iterrows()):
-        values = [row["quality"], row["speed"], row["coverage"]]
-        ax.plot(angles + angles[:1], values + values[:1], "o-", color=colours[i % 10], linewidth=1.5,
-                label=label(row), markersize=4)
-        ax.fill(angles + angles[:1], values + values[:1], color=colours[i % 10], alpha=0.06)
-    ax.set_xticks(angles)
-    ax.set_xticklabels(axes_names, fontsize=9)
-    ax.set_ylim(0, 1.05)
-    ax.set_yticks([0.25, 0.5, 0.75, 1.0])
-    ax.set_yticklabels(["0.25", "0.5", "0.75", "1"], fontsize=7)
-    ax.set_rlabel_position(180)
-    ax.set_title("The generative learning trilemma (outward is better on every axis)", fontsize=10, pad=20)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.05, 1.0), fontsize=8)
+    for ax, model in zip(panels.flat, models, strict=False):
+        for i, (_, row) in enumerate(rows[rows["model"] == model].iterrows()):
+            values = [row["quality"], row["speed"], row["coverage"]]
+            ax.plot(angles + angles[:1], values + values[:1], "o-", color=colours[i % 10], linewidth=1.5,
+                    label=row["sampler"], markersize=4)
+            ax.fill(angles + angles[:1], values + values[:1], color=colours[i % 10], alpha=0.08)
+        ax.set_xticks(angles)
+        ax.set_xticklabels(axes_names, fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_yticks([0.5, 1.0])
+        ax.set_yticklabels(["0.5", "1"], fontsize=7)
+        ax.set_title(model, fontsize=10, pad=14)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=7, ncol=2, frameon=False)
+    for ax in list(panels.flat)[len(models):]:
+        ax.axis("off")
+    fig.suptitle("The generative learning trilemma: outward is better on every axis (relative to the best row)",
+                 fontsize=11)
     return _save(fig, path)
 
 
@@ -137,7 +166,7 @@ def class_histograms(frame: pd.DataFrame, share_columns: list[str], real_shares:
     n = len(rows)
     cols = min(3, n)
     fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(3.6 * cols, 2.6 * math.ceil(n / cols)),
-                             squeeze=False, sharey=True)
+                             squeeze=False, sharey=True, constrained_layout=True)
     digits = np.arange(len(share_columns))
     titles = titles or [label(row) for _, row in rows.iterrows()]
     for ax, (_, row), title in zip(axes.flat, rows.iterrows(), titles, strict=False):
@@ -151,7 +180,6 @@ def class_histograms(frame: pd.DataFrame, share_columns: list[str], real_shares:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("Class histograms of generated digits", fontsize=10)
-    fig.tight_layout()
     return _save(fig, path)
 
 

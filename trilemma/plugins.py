@@ -39,6 +39,7 @@ BUILTIN_MODULES = (
     "trilemma.executors",
     "trilemma.ray_executor",
     "trilemma.slurm_executor",
+    "trilemma.trackers",
 )
 #: The model plugins shipped with trilemma (``plugins/`` in its repository): loaded before any
 #: other distribution, so no third party can take their names. A test keeps this in step with
@@ -138,11 +139,12 @@ class Registries:
     metrics: Registry
     datasets: Registry
     executors: Registry
+    trackers: Registry
     broken: dict[str, BrokenPlugin]
     plugin_manager: PluginManager
 
     def all(self) -> list[Registry]:
-        return [self.datasets, self.metrics, self.models, self.executors]
+        return [self.datasets, self.metrics, self.models, self.executors, self.trackers]
 
     def conflicts(self) -> list[Conflict]:
         return [c for registry in self.all() for c in registry.conflicts]
@@ -191,6 +193,7 @@ def collect(pm: PluginManager | None = None) -> Registries:
     from trilemma.executor_api import Executor
     from trilemma.metrics import Metric
     from trilemma.model import GenerativeModel
+    from trilemma.tracker_api import Tracker
 
     pm = pm or get_plugin_manager()
 
@@ -209,6 +212,7 @@ def collect(pm: PluginManager | None = None) -> Registries:
         metrics=Registry("metric", instance_of(Metric), lambda m: m.name, clash=_column_clash),
         datasets=Registry("dataset", instance_of(Dataset), lambda d: d.name),
         executors=Registry("executor", instance_of(Executor), lambda e: e.name),
+        trackers=Registry("tracker", instance_of(Tracker), lambda t: t.name),
         broken=pm.broken,
         plugin_manager=pm,
     )
@@ -216,4 +220,5 @@ def collect(pm: PluginManager | None = None) -> Registries:
     _fill(pm, "register_metrics", registries.metrics, registries)
     _fill(pm, "register_models", registries.models, registries)
     _fill(pm, "register_executors", registries.executors, registries)
+    _fill(pm, "register_trackers", registries.trackers, registries)
     return registries

@@ -18,6 +18,7 @@ from trilemma.results import ResultsTable
 from trilemma.rundir import RunDirectory
 from trilemma.samplers import SamplerSpec
 from trilemma.settings import resolve_settings
+from trilemma.tracking import chosen_trackers, finish_trackers, log_to_trackers
 
 
 def say_who_provides(plan: Plan, request: RunRequest, registries: Registries, log: Callable[[str], None]) -> None:
@@ -46,6 +47,7 @@ def run(request: RunRequest, registries: Registries, log: Callable[[str], None] 
     executor = registries.executors[request.executor]
     options = resolve_settings(request.executor, executor.settings, request.executor_settings.get(request.executor, {}))
     executor.check(options)
+    trackers = chosen_trackers(request.trackers, registries)
     run_dir = RunDirectory(request.out_dir)
     run_dir.ensure_writable()
     say_who_provides(plan, request, registries, log)
@@ -71,6 +73,8 @@ def run(request: RunRequest, registries: Registries, log: Callable[[str], None] 
             check_outcome(outcome, pending, request.executor)
             recorder.record(outcome)
             log(f"{outcome.cell.label}: recorded ({done}/{len(todo)} cells, {outcome.failed} failed rows)")
+            log_to_trackers(trackers, outcome, run_dir, log)
+        finish_trackers(trackers, log)
         return recorder.finish()
 
 

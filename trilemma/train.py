@@ -48,6 +48,10 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+#: Training losses kept for trackers (``--log``): about this many points over a run.
+LOSS_POINTS = 200
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -58,6 +62,7 @@ class TrainResult:
     resumed_from_step: int = 0
     capped: bool = False  # the wall-time cap stopped training before the budget's steps
     flops: float = 0.0  # FLOPs of the counted steps (``counted_steps``)
+    loss_history: list[dict[str, float]] = field(default_factory=list)  # {"step": s, loss: value, ...}, this process's
     flop_steps: int = 0
 
     @property
@@ -245,7 +250,8 @@ def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
-    step, losses = start_step, {}
+    step, losses, history = start_step, {}, []
+    every = max(1, budget.steps // LOSS_POINTS)
     began = time.perf_counter()
     bar = progress_bar(total=budget.steps, initial=start_step, desc=desc, enabled=progress,
                unit="step", dynamic_ncols=True, mininterval=1.0)
@@ -265,6 +271,8 @@ def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed:
             if counter is not None:
                 flops, flop_steps = flops + counter.get_total_flops(), flop_steps + 1
             step += 1
+            if step % every == 0 or step == budget.steps:
+                history.append({"step": step, **losses})
             bar.update(1)
             if step % 20 == 0:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
@@ -282,5 +290,5 @@ def train(model: GenerativeModel, images: torch.Tensor, budget: Budget, *, seed:
         save_checkpoint(checkpoint, model, step, seconds, True, identity, flops=(flops, flop_steps))
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else math.nan
     return TrainResult(step, seconds, step * budget.batch_size, losses, peak, resumed_from_step=start_step,
-                       capped=step < budget.steps, flops=flops, flop_steps=flop_steps)
+                       capped=step < budget.steps, flops=flops, flop_steps=flop_steps, loss_history=history)
 

@@ -109,13 +109,79 @@ def compute_fidelity(generated: torch.Tensor, real: torch.Tensor, *, extractor: 
     if weights_path is not None:
         kwargs["feature_extractor_weights_path"] = str(weights_path)
     with contextlib.redirect_stdout(io.StringIO()):
-        import torch_fidelity
-
-        raw = torch_fidelity.calculate_metrics(**kwargs)
+        raw = _calculate(kwargs, reference_name)
     names = {"fid": "frechet_inception_distance", "is_mean": "inception_score_mean", "is_std": "inception_score_std",
              "kid_mean": "kernel_inception_distance_mean", "kid_std": "kernel_inception_distance_std",
              "precision": "precision", "recall": "recall"}
     return {ours: raw.get(theirs, math.nan) for ours, theirs in names.items()}
+
+
+def _calculate(kwargs: dict[str, Any], reference_name: str | None) -> dict[str, float]:
+    """torch-fidelity's ``calculate_metrics`` for one feature extractor, step by step with its own
+    functions (the same numbers), except that precision/recall's real k-NN radii, a 10,000 × 10,000
+    distance matrix, are computed once per reference and process instead of once per row."""
+    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics_cached, fid_statistics_to_metric
+    from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+    from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+    from torch_fidelity.utils import (
+        create_feature_extractor,
+        extract_featuresdict_from_input_id_cached,
+        get_cacheable_input_name,
+        resolve_feature_extractor,
+        resolve_feature_layer_for_metric,
+    )
+
+    wanted = [m for m in ("isc", "fid", "kid", "prc") if kwargs.get(m)]
+    layers = {m: resolve_feature_layer_for_metric(m, **kwargs) for m in wanted}
+    extractor = create_feature_extractor(resolve_feature_extractor(**kwargs), sorted(set(layers.values())), **kwargs)
+    generated = extract_featuresdict_from_input_id_cached(1, extractor, **kwargs)
+    real = extract_featuresdict_from_input_id_cached(2, extractor, **kwargs)
+    out: dict[str, float] = {}
+    if "isc" in layers:
+        out.update(isc_featuresdict_to_metric(generated, layers["isc"], **kwargs))
+    if "fid" in layers:
+        stats = [fid_featuresdict_to_statistics_cached(features, get_cacheable_input_name(i, **kwargs), extractor,
+                                                       layers["fid"], **kwargs)
+                 for i, features in ((1, generated), (2, real))]
+        out.update(fid_statistics_to_metric(*stats, False))
+    if "kid" in layers:
+        out.update(kid_featuresdict_to_metric(generated, real, layers["kid"], **kwargs))
+    if "prc" in layers:
+        layer = layers["prc"]
+        out.update(precision_recall(generated[layer], real[layer], reference_key=(reference_name, layer)
+                                    if reference_name is not None else None))
+    return out
+
+
+def knn_radii(features: torch.Tensor, neighbourhood: int, batch_size: int = 10_000) -> torch.Tensor:
+    """Each row's distance to its ``neighbourhood``-th nearest other row (itself excluded), as
+    torch-fidelity's precision/recall computes it."""
+    from torch_fidelity.metric_prc import calc_cdist_part
+
+    return torch.cat([calc_cdist_part(part, features, batch_size).kthvalue(neighbourhood + 1).values
+                      for part in features.split(batch_size)])
+
+
+def _inside_any(queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, batch_size: int = 10_000) -> float:
+    """The share of queries within some centre's radius (boundary included)."""
+    from torch_fidelity.metric_prc import calc_cdist_part
+
+    return torch.cat([(calc_cdist_part(part, centres, batch_size) <= radii).any(dim=1).float()
+                      for part in queries.split(batch_size)]).mean().item()
+
+
+def precision_recall(generated: torch.Tensor, real: torch.Tensor, neighbourhood: int = 3,
+                     reference_key: tuple[str, str] | None = None) -> dict[str, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019, eqs. 1–3, k = 3) exactly as
+    torch-fidelity's ``calculate_precision_recall_part``: precision, the share of generated samples
+    inside some real sample's k-NN ball; recall, the share of real samples inside some generated
+    sample's. The real radii are kept per ``reference_key`` (the real set's cache name and layer)."""
+    from trilemma.cache import CACHE
+
+    real_radii = (CACHE.get("prc-real-radii", (*reference_key, neighbourhood), lambda: knn_radii(real, neighbourhood))
+                  if reference_key is not None else knn_radii(real, neighbourhood))
+    return {"recall": _inside_any(real, generated, knn_radii(generated, neighbourhood)),
+            "precision": _inside_any(generated, real, real_radii)}
 
 
 def reference_cache_name(dataset: str, split: str, images: torch.Tensor, extractor: str, weights_sha256: str) -> str:
