@@ -71,8 +71,13 @@ class MLflowTracker(Tracker):
         require("mlflow", "--log mlflow", "mlflow")
 
     def log_cell(self, record: CellRecord, options: dict[str, Any]) -> None:
+        import os
+
         import mlflow
 
+        # MLflow 3 keeps the file store in maintenance mode behind this opt-out; a file store needs no
+        # server and no database, and lives in the run directory with the rest of the run.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         client = mlflow.tracking.MlflowClient(tracking_uri=(record.run_dir / "mlruns").resolve().as_uri())
         experiment = client.get_experiment_by_name(record.run_dir.name)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(record.run_dir.name)
