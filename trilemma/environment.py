@@ -57,8 +57,9 @@ def resolve_precision(name: str, device: torch.device) -> str:
 def resolve_threads(threads: int | None, device: torch.device) -> int | None:
     """The torch CPU threads each cell uses. On a CPU, one unless asked: the thread count changes how
     float sums are split, and so the trained weights, so a fixed count gives the same numbers on any
-    core count; the cores are used by running cells side by side (``--jobs``), which was also faster
-    than one cell with every thread (tests/bench_parallel.py). On a GPU, torch's default."""
+    core count; the cores are used by running cells side by side (``--jobs``), which trained DCGAN and
+    DDPM faster than one cell with every thread on a 2-core CPU (tests/bench_parallel.py; the other
+    models not yet measured). On a GPU, torch's default."""
     if threads is not None and threads < 1:
         raise TrilemmaError(f"--threads must be a whole number ≥ 1, got {threads}")
     if device.type == "cpu":

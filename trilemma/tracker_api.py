@@ -46,6 +46,22 @@ def numeric(row: dict[str, Any]) -> dict[str, float]:
     return {key: float(value) for key, value in row.items() if _number(value)}
 
 
+#: A curve row's coordinates, not its measurements.
+CURVE_KEYS = ("step", "seed", "images_seen", "fraction", "samples")
+
+
+def scalars(record: CellRecord) -> list[tuple[tuple[str, ...], float, int]]:
+    """Everything plottable of a cell as (name parts, value, step): ``("train", loss)`` along
+    training, ``("curve", sampler, metric)`` at each curve point, ``(sampler, column)`` at the last step."""
+    out = [(("train", key), value, int(point["step"])) for point in record.losses
+           for key, value in point.items() if key != "step"]
+    out += [(("curve", str(point["sampler"]), key), value, int(point["step"])) for point in record.curves
+            for key, value in numeric(point).items() if key not in CURVE_KEYS]
+    out += [((str(row["sampler"]), key), value, record.final_step) for row in record.rows
+            for key, value in numeric(row).items()]
+    return out
+
+
 class Tracker:
     """Base class of an experiment tracker (``trilemma run --log NAME``): ``log_cell(record)`` is
     called in the driver each time a cell's rows are recorded. A tracker's failure is reported and

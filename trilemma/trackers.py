@@ -14,12 +14,9 @@ from typing import Any
 
 from trilemma.executor_api import require
 from trilemma.hookspecs import hookimpl
-from trilemma.tracker_api import CellRecord, Tracker, numeric
+from trilemma.tracker_api import CellRecord, Tracker, scalars
 
 __all__ = ["MLflowTracker", "TensorBoardTracker"]
-
-#: A curve row's coordinates, not its measurements.
-CURVE_KEYS = ("step", "seed", "images_seen", "fraction", "samples")
 
 
 def _grid_array(path: Path) -> Any:
@@ -44,20 +41,10 @@ class TensorBoardTracker(Tracker):
         writer = SummaryWriter(log_dir=str(record.run_dir / "tensorboard" / f"{record.model}-seed{record.seed}"))
         try:
             writer.add_text("cell", "\n".join(f"- {key}: {value}" for key, value in record.params.items()))
-            for point in record.losses:
-                for key, value in point.items():
-                    if key != "step":
-                        writer.add_scalar(f"train/{key}", value, int(point["step"]))
-            for point in record.curves:
-                for key, value in numeric(point).items():
-                    if key not in CURVE_KEYS:
-                        writer.add_scalar(f"curve/{point['sampler']}/{key}", value, int(point["step"]))
-            step = record.final_step
-            for row in record.rows:
-                for key, value in numeric(row).items():
-                    writer.add_scalar(f"{row['sampler']}/{key}", value, step)
+            for name, value, step in scalars(record):
+                writer.add_scalar("/".join(name), value, step)
             for sampler, grid in record.grids.items():
-                writer.add_image(f"samples/{sampler}", _grid_array(grid), step, dataformats="HWC")
+                writer.add_image(f"samples/{sampler}", _grid_array(grid), record.final_step, dataformats="HWC")
         finally:
             writer.close()
 
@@ -86,18 +73,8 @@ class MLflowTracker(Tracker):
         try:
             for key, value in record.params.items():
                 client.log_param(run_id, key, str(value)[:500])
-            for point in record.losses:
-                for key, value in point.items():
-                    if key != "step":
-                        client.log_metric(run_id, f"train_{key}", value, step=int(point["step"]))
-            for point in record.curves:
-                for key, value in numeric(point).items():
-                    if key not in CURVE_KEYS:
-                        client.log_metric(run_id, f"curve_{point['sampler']}_{key}", value, step=int(point["step"]))
-            step = record.final_step
-            for row in record.rows:
-                for key, value in numeric(row).items():
-                    client.log_metric(run_id, f"{row['sampler']}_{key}", value, step=step)
+            for name, value, step in scalars(record):
+                client.log_metric(run_id, "_".join(name), value, step=step)
             for grid in record.grids.values():
                 client.log_artifact(run_id, str(grid))
         finally:

@@ -45,9 +45,12 @@ def cell_record(outcome: CellOutcome, run_dir: RunDirectory) -> CellRecord:
 
 def log_to_trackers(trackers: Sequence[Tracker], outcome: CellOutcome, run_dir: RunDirectory,
                     log: Callable[[str], None]) -> None:
+    if not trackers:
+        return
+    record = cell_record(outcome, run_dir)  # once, whatever the number of trackers
     for tracker in trackers:
         try:
-            tracker.log_cell(cell_record(outcome, run_dir), {})
+            tracker.log_cell(record, {})
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # noqa: BLE001 - a tracker's fault never fails the run
