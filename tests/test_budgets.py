@@ -185,7 +185,7 @@ def test_the_budget_and_the_evaluation_protocol_are_typed_objects_and_the_protoc
         quick.with_budget({"eval_samples": 10})  # a model changes its budget, never the evaluation
     with pytest.raises(TrilemmaError, match="speed_batch_sizes is empty"):
         EvalProtocol(10, 10, (), 1, 10)
-    with pytest.raises(TrilemmaError, match="one of them"):
+    with pytest.raises(TrilemmaError, match="needs one of train_images, train_steps or train_pflop"):
         TrainingBudget(train_images=10, train_steps=10, batch_size=1, checkpoint_every=1)
     first = {"evaluation_protocol": {"version": 1}}
     assert protocol_differences([first, {}]) == []  # a run from before versions is version 1

@@ -204,7 +204,7 @@ def test_fidelity_step_by_step_gives_torch_fidelitys_numbers_and_reuses_the_real
         assert got[ours] == pytest.approx(expected[theirs], rel=1e-6, abs=1e-9), ours
     assert any(key[0] == "ref-a" for key in CACHE._store.get("prc-real-radii", {}))
     again = compute_fidelity(generated[:300], real, extractor=chosen.extractor, dim=chosen.dim, reference_name="ref-a",
-                             cache_dir=tmp_path)
+                             cache_dir=tmp_path, metrics=("prc",))
     with contextlib.redirect_stdout(io.StringIO()):
         fresh = torch_fidelity.calculate_metrics(
             input1=ImageSet(generated[:300]), input2=ImageSet(real), feature_extractor=chosen.extractor, prc=True,

@@ -148,8 +148,8 @@ def _calculate(kwargs: dict[str, Any], reference_name: str | None) -> dict[str, 
         out.update(kid_featuresdict_to_metric(generated, real, layers["kid"], **kwargs))
     if "prc" in layers:
         layer = layers["prc"]
-        out.update(precision_recall(generated[layer], real[layer], reference_key=(reference_name, layer)
-                                    if reference_name is not None else None))
+        key = (reference_name, str(kwargs["feature_extractor"]), layer) if reference_name is not None else None
+        out.update(precision_recall(generated[layer], real[layer], reference_key=key))
     return out
 
 
@@ -171,11 +171,12 @@ def _inside_any(queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tenso
 
 
 def precision_recall(generated: torch.Tensor, real: torch.Tensor, neighbourhood: int = 3,
-                     reference_key: tuple[str, str] | None = None) -> dict[str, float]:
+                     reference_key: tuple[str, ...] | None = None) -> dict[str, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019, eqs. 1–3, k = 3) exactly as
     torch-fidelity's ``calculate_precision_recall_part``: precision, the share of generated samples
     inside some real sample's k-NN ball; recall, the share of real samples inside some generated
-    sample's. The real radii are kept per ``reference_key`` (the real set's cache name and layer)."""
+    sample's. The real radii are kept per ``reference_key`` (the real set's cache name, the extractor and
+    its layer)."""
     from trilemma.cache import CACHE
 
     real_radii = (CACHE.get("prc-real-radii", (*reference_key, neighbourhood), lambda: knn_radii(real, neighbourhood))
