@@ -1,6 +1,7 @@
 """Sample quality through torch-fidelity: FID, IS, KID and precision/recall.
 
-One ``calculate_metrics`` call per (samples, extractor) computes all four from shared features.
+Per (samples, extractor), torch-fidelity's own functions compute all four from features extracted
+once (``_calculate``: its ``calculate_metrics`` step by step, with precision/recall's real radii kept).
 Input 1 is generated, input 2 is real (torch-fidelity's convention for precision/recall).
 Two instances measure in two pinned feature spaces: the MNIST classifier (128-d penultimate
 features for FID/KID/PRC, logits for IS; Inception-v3 added when its weights are on disk) and the
