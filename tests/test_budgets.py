@@ -189,6 +189,6 @@ def test_the_budget_and_the_evaluation_protocol_are_typed_objects_and_the_protoc
         TrainingBudget(train_images=10, train_steps=10, batch_size=1, checkpoint_every=1)
     first = {"evaluation_protocol": {"version": 1}}
     assert protocol_differences([first, {}]) == []  # a run from before versions is version 1
-    assert EVAL_PROTOCOL_VERSION == 2  # the counted draw (issue 22)
+    assert EVAL_PROTOCOL_VERSION == 3  # 2: the counted draw (issue 22); 3: ms/sample at the draw's batch (27)
     assert protocol_differences([first, {"evaluation_protocol": {"version": EVAL_PROTOCOL_VERSION}}]) == [
-        "evaluation_protocol.version: 1 vs 2"]
+        "evaluation_protocol.version: 1 vs 3"]

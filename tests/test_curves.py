@@ -79,6 +79,8 @@ def test_a_run_with_curves_records_them_reports_them_and_keeps_the_rows_of_a_run
     assert list(curve["step"]) == [2, 3] and list(curve["images_seen"]) == [32, 48]
     assert curve["fid"].notna().all() and "ae_fid" in curve and "seconds_metric_speed" not in curve
     assert (tmp_path / "curves" / "curves" / "samples" / "tiny-default-seed0-step2.png").exists()
+    # the end point is the first of the scored samples, not a second draw; earlier points draw their own
+    assert list(curve["reused_draw"].fillna(False).astype(bool)) == [False, True]
     plain = pd.read_csv(tmp_path / "plain" / "results.csv").iloc[0]
     with_curves = pd.read_csv(tmp_path / "curves" / "results.csv").iloc[0]
     for column in ("fid", "ae_fid", "precision", "modes_covered", "nfe", "train_steps"):

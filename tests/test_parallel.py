@@ -63,12 +63,13 @@ def test_the_thread_count_is_part_of_a_cells_identity(fake_registries, tmp_path)
 @pytest.mark.slow
 def test_parallel_cells_give_the_serial_rows_and_say_they_shared_the_machine(site, tmp_path):
     env = cli_env(site, allow="fakes")
-    args = ["run", "tiny", "tiny-k3", "--preset", "smoke", "--no-progress"]
+    # three cells on two workers: one worker runs two cells in turn, as the serial run does
+    args = ["run", "tiny", "tiny-k3", "tiny-steps", "--preset", "smoke", "--no-progress"]
     serial = trilemma_cli(*args, "--jobs", "1", "--out", str(tmp_path / "serial"), env=env, process=True)
     assert serial.returncode == 0, serial.stderr
     parallel = trilemma_cli(*args, "--jobs", "2", "--out", str(tmp_path / "parallel"), env=env, process=True)
     assert parallel.returncode == 0, parallel.stderr + parallel.stdout
-    assert "2 at once" in parallel.stdout and "recorded (2/2 cells, 0 failed rows)" in parallel.stdout
+    assert "2 at once" in parallel.stdout and "recorded (3/3 cells, 0 failed rows)" in parallel.stdout
     same_rows(tmp_path / "serial" / "results.csv", tmp_path / "parallel" / "results.csv")
     rows = pd.read_csv(tmp_path / "parallel" / "results.csv")
     assert (rows["parallel_cells"] == 2).all()

@@ -288,8 +288,9 @@ def cheats(tmp_path_factory):
     site, out = tmp / "site", tmp / "run"
     write_installed_plugin(site, "trilemma-cheats", "cheats", "trilemma_cheats", CHEATS)
     env = cli_env(site, allow="cheats")
+    # --jobs 1: one process builds the metrics' caches once (parallel cells: test_parallel.py)
     ran = trilemma_cli("run", *NAMES, "--preset", "smoke", "--steps", str(STEPS), "--out", str(out), "--no-progress",
-                       env=env)
+                       "--jobs", "1", env=env)
     assert (out / "results.csv").exists(), ran.stdout + ran.stderr
     rows = pd.read_csv(out / "results.csv", keep_default_na=False, na_values=[""]).set_index("model")
     return ran, rows, (out / "report.md").read_text()

@@ -126,7 +126,8 @@ def test_odd_names_bad_presets_escaping_samplers_and_exits_in_training(tmp_path)
     assert "model 'no-batch', preset smoke: batch_size must be a whole number ≥ 1, got 0" in bad.stderr
     assert bad.stderr.count("\n") == 1
 
-    args = ["run", "nan", "null", "escape", "quits", "tiny", "--preset", "smoke", "--out", str(out), "--no-progress"]
+    args = ["run", "nan", "null", "escape", "quits", "tiny", "--preset", "smoke", "--out", str(out), "--no-progress",
+            "--jobs", "1"]
     first = trilemma_cli(*args, env=env)
     assert first.returncode == 1, first.stderr + first.stdout  # escape and quits fail; the rest go on
     rows = pd.read_csv(out / "results.csv", keep_default_na=False)

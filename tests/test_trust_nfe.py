@@ -132,7 +132,7 @@ def sneaky_run(tmp_path_factory):
     write_installed_plugin(site, "trilemma-sneaky", "sneaky", "trilemma_sneaky", SNEAKY)
     env = cli_env(site, allow="sneaky")
     ran = trilemma_cli("run", "undeclared", "direct-forward", "layerwise", "time-first", "traced", "--preset", "smoke",
-                       "--out", str(out), "--no-progress", env=env)
+                       "--out", str(out), "--no-progress", "--jobs", "1", env=env)
     listed = trilemma_cli("list", "--check", env=env)
     return ran, pd.read_csv(out / "results.csv").set_index("model"), (out / "report.md").read_text(), listed
 
@@ -235,3 +235,20 @@ def test_the_innermost_listed_calls_are_the_evaluations_and_the_batch_is_the_lar
     assert batch_items((torch.zeros(1), torch.zeros(7, 3)), {}) == 7
     assert batch_items((torch.tensor(2.0),), {"x": torch.zeros(6, 2)}) == 6
     assert batch_items(([torch.zeros(9, 2), torch.zeros(9, 4)],), {}) == 9  # a list of latents
+
+
+def test_throughput_is_timed_on_the_scored_draws_full_batches_after_the_first():
+    import fake_models
+
+    from trilemma.nfe import draw_batches
+    from trilemma.sampling import draw
+
+    torch.manual_seed(0)
+    model = fake_models.Tiny(fake_models.Tiny.Config(hidden=8))
+    samples = draw(model, lambda n, g: model.sample(n, g), 41, batch_size=16, seed=0)
+    assert [n for n, _ in samples.batch_seconds] == draw_batches(41, 16) == [16, 16, 8, 1]
+    assert all(seconds > 0 for _, seconds in samples.batch_seconds)
+    size, timed, seconds = samples.timed_batches()
+    # the second full batch only: the first is the warm-up, the short one and the lone sample are not full
+    assert (size, timed, seconds) == (16, 16, samples.batch_seconds[1][1])
+    assert samples.head(5).images.shape[0] == 5 and samples.head(5).nfe_check is samples.nfe_check

@@ -73,10 +73,12 @@ class CurveFile:
 
 def evaluate_point(evaluate: Callable[..., Any], samplers: Mapping[str, tuple[SamplerSpec, Any]],
                    names: Sequence[str], base: Mapping[str, Any], step: int, fraction: float, batch_size: int,
-                   preset: Any, grid: Callable[[str, int], Path], log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """One curve point: each curve sampler evaluated by ``evaluate(sampler_name, sampler, preset, grid_path)``
-    (``evaluate_sampler`` with the curve metrics bound) on the curve's sample count; a failure is
-    the point's error, never the cell's."""
+                   preset: Any, grid: Callable[[str, int], Path], log: Callable[[str], None],
+                   drawn: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One curve point: each curve sampler evaluated by ``evaluate(sampler_name, sampler, preset, grid_path,
+    samples)`` (``evaluate_sampler`` with the curve metrics bound) on the curve's sample count, from
+    the first of the ``drawn`` samples where a sampler's are given (the end point reuses the scored
+    draw's), else a draw of its own; a failure is the point's error, never the cell's."""
     from trilemma.evaluate import MetricsFailed
 
     small = replace(preset, evaluation=replace(preset.evaluation, eval_samples=preset.curve_samples,
@@ -86,7 +88,13 @@ def evaluate_point(evaluate: Callable[..., Any], samplers: Mapping[str, tuple[Sa
         row: dict[str, Any] = {**base, "sampler": name, "step": step, "fraction": fraction,
                                "images_seen": step * batch_size, "samples": preset.curve_samples, "error": ""}
         try:
-            row.update(evaluate(name, samplers[name][1], small, grid(name, step)).columns)
+            given = (drawn or {}).get(name)
+            if given is not None and len(given.images) >= preset.curve_samples:
+                given = given.head(preset.curve_samples)
+                row["reused_draw"] = True
+            else:
+                given = None
+            row.update(evaluate(name, samplers[name][1], small, grid(name, step), given).columns)
         except KeyboardInterrupt:
             raise
         except MetricsFailed as exc:

@@ -19,7 +19,7 @@ from trilemma.model import GenerativeModel
 from trilemma.presets import Preset
 from trilemma.progress import progress_bar
 from trilemma.samplers import Sampler
-from trilemma.sampling import draw
+from trilemma.sampling import Samples, draw
 
 
 class MetricsFailed(RuntimeError):
@@ -38,6 +38,7 @@ class Evaluation:
 
     columns: dict[str, Any]
     protocols: dict[str, dict[str, Any]]
+    samples: Samples | None = None
 
 
 def save_grid(images: torch.Tensor, path: Path) -> None:
@@ -51,13 +52,18 @@ def save_grid(images: torch.Tensor, path: Path) -> None:
 def evaluate_sampler(model: GenerativeModel, model_name: str, sampler_name: str, sampler: Sampler, *,
                      metrics: Mapping[str, Metric], metric_settings: Mapping[str, Mapping[str, Any]],
                      dataset: Dataset, data: dict[str, Split], preset: Preset, seed: int, grid_path: Path,
-                     cache_dir: Path, progress: bool, log: Callable[[str], None]) -> Evaluation:
-    """Draw ``preset.eval_samples`` samples, save their grid, and compute every metric that applies
-    to ``dataset``. Raises ``MetricsFailed`` (with the other metrics' columns) if any metric fails."""
+                     cache_dir: Path, progress: bool, log: Callable[[str], None],
+                     samples: Samples | None = None) -> Evaluation:
+    """Draw ``preset.eval_samples`` samples (or take ``samples`` already drawn by the harness's counted
+    draw), save their grid, and compute every metric that applies to ``dataset``. Raises
+    ``MetricsFailed`` (with the other metrics' columns) if any metric fails."""
     where = f"{model_name}/{sampler_name}"
     started = time.perf_counter()
-    samples = draw(model, sampler, preset.eval_samples, batch_size=preset.sample_batch_size,
-                   seed=seed, where=where, progress=progress)
+    if samples is None:
+        samples = draw(model, sampler, preset.eval_samples, batch_size=preset.sample_batch_size,
+                       seed=seed, where=where, progress=progress)
+    elif samples.nfe_check is None or len(samples.images) != preset.eval_samples:
+        raise ValueError(f"{where}: samples given for evaluation must be {preset.eval_samples} from a counted draw")
     drawn = time.perf_counter() - started
     check = samples.nfe_check
     if check.hook_nfe == 0:
@@ -102,7 +108,7 @@ def evaluate_sampler(model: GenerativeModel, model_name: str, sampler_name: str,
     log(f"{where} seed {seed}: " + ", ".join(summary(columns, metrics)))
     if errors:
         raise MetricsFailed("; ".join(errors), columns, protocols)
-    return Evaluation(columns, protocols)
+    return Evaluation(columns, protocols, samples)
 
 
 def metric_time_column(metric_name: str) -> str:

@@ -123,18 +123,19 @@ def _curve(cell: Cell, preset: Preset, settings: ExecutionSettings, model: Gener
     data = load_data(dataset, settings.data_dir)
     key = {"model": cell.row_model, "seed": cell.seed}
 
-    def evaluate(name: str, sampler: Any, small: Any, grid: Path) -> Any:
+    def evaluate(name: str, sampler: Any, small: Any, grid: Path, samples: Any = None) -> Any:
         return evaluate_sampler(model, cell.row_model, name, sampler, metrics=chosen,
                                 metric_settings=settings.metric_settings, dataset=dataset, data=data, preset=small,
                                 seed=cell.seed, grid_path=grid, cache_dir=settings.cache_dir, progress=False,
-                                log=log)
+                                log=log, samples=samples)
 
-    def point(step: int) -> None:
+    def point(step: int, drawn: dict[str, Any] | None = None) -> None:
         started = time.perf_counter()
         fraction = step / preset.steps
         log(f"{cell.label}: learning curve at {fraction:.0%} of the budget ({step:,} step{'s' if step != 1 else ''})")
         curves.record(evaluate_point(evaluate, samplers, names, key, step, fraction, preset.batch_size, preset,
-                                     lambda name, at: run_dir.curve_grid(cell.row_model, name, cell.seed, at), log))
+                                     lambda name, at: run_dir.curve_grid(cell.row_model, name, cell.seed, at), log,
+                                     drawn))
         base["seconds_curves"] = base.get("seconds_curves", 0.0) + time.perf_counter() - started
 
     return point
@@ -227,9 +228,6 @@ def _execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registrie
             result = train(model, images, budget, seed=cell.seed, checkpoint=checkpoint, progress=settings.progress,
                            desc=cell.label, log=log, identity=cell.identity, pauses=pauses)
         base.update(_train_columns(result, budget, result.flops_per_step, peak))
-        if curve is not None:  # the curve's last point: the trained model, on the curve's sample count
-            model.eval()
-            curve(result.steps)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # a plugin's fault, SystemExit included, stays in its own rows
@@ -239,7 +237,7 @@ def _execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registrie
                                   for name in _sampler_names(cell, model_class)])
 
     data = load_data(dataset, settings.data_dir)
-    rows, protocols = [], {}
+    rows, protocols, drawn = [], {}, {}
     for sampler_name, (spec, sampler) in samplers.items():
         row = {**base, "sampler": sampler_name, "sampler_spec": str(spec)}
         try:
@@ -251,6 +249,7 @@ def _execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registrie
             row.update(evaluation.columns)
             row.update(status=OK, error="")
             protocols.update(evaluation.protocols)
+            drawn[sampler_name] = evaluation.samples
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
@@ -259,4 +258,11 @@ def _execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registrie
             protocols.update(getattr(exc, "protocols", {}))
             row = failure_row({**row, **getattr(exc, "partial", {})}, exc)
         rows.append(row)
+    if curve is not None:  # the curve's last point: the trained model, on the first of its scored samples
+        try:
+            curve(result.steps, drawn)
+        except Exception as exc:  # noqa: BLE001 - a curve changes no row
+            log(f"{cell.label}: the learning curve's last point failed: {type(exc).__name__}: {exc}")
+        for row in rows:
+            row["seconds_curves"] = base.get("seconds_curves", 0.0)
     return CellOutcome(cell, rows, protocols, result.loss_history)

@@ -90,8 +90,11 @@ class LocalExecutor(Executor):
         yield from self._in_workers(job, count, threads)
 
     def _in_workers(self, job: Job, count: int, threads: int | None) -> Iterator[CellOutcome]:
-        """Each cell in a process of its own (spawned, so that no torch state is shared), ``count`` at a
-        time; a worker that dies (killed, out of memory) fails its own cell's rows and nothing else."""
+        """The cells in ``count`` worker processes (spawned, so that they share no torch state with
+        this one), each running one cell after another as the serial run does in this process, so
+        that its one-time caches (data, feature extractors, reference statistics) are built once per
+        worker, not once per cell. A worker that dies (killed, out of memory) fails its own cell's
+        rows and nothing else; a new worker takes the remaining cells."""
         import multiprocessing
         from multiprocessing.connection import wait
 
@@ -99,46 +102,82 @@ class LocalExecutor(Executor):
         settings = replace(job.settings, progress=False, parallel_cells=count)
         environment = job.worker_environment()
         job.log(f"local: {len(job.cells)} cells, {count} at once, {threads} torch thread(s) each")
-        queue, running = list(job.cells), {}
+        queue, idle, busy = list(job.cells), [], {}
+        started = 0
+        workers: list[tuple[object, object]] = []
+
+        def start_worker() -> None:
+            driver, worker = context.Pipe(duplex=True)
+            process = context.Process(target=_worker_loop, args=(worker, settings, environment), daemon=True)
+            process.start()
+            worker.close()
+            workers.append((process, driver))
+            idle.append((process, driver))
+
         try:
-            while queue or running:
-                while queue and len(running) < count:
-                    cell = queue.pop(0)
-                    receive, send = context.Pipe(duplex=False)
-                    process = context.Process(target=_cell_process, args=(send, cell, settings, environment),
-                                              daemon=True)
-                    process.start()
-                    send.close()
-                    running[receive] = (process, cell)
-                    job.log(f"{cell.label}: started (cell {len(job.cells) - len(queue)} of {len(job.cells)})")
-                # A worker's outcome can be larger than the pipe: read it as it comes, then reap the worker;
-                # a worker that ends without one (killed) shows up as its connection's end of file.
-                for receive in wait(list(running)):
-                    process, cell = running.pop(receive)
+            for _ in range(min(count, len(queue))):
+                start_worker()
+            while queue or busy:
+                while queue and idle:
+                    process, driver = idle.pop()
                     try:
-                        outcome = receive.recv()
+                        driver.send(queue[0])  # type: ignore[attr-defined]
+                    except OSError:  # it died while idle: another takes the cell
+                        start_worker()
+                        continue
+                    cell = queue.pop(0)
+                    started += 1
+                    busy[driver] = (process, cell)
+                    job.log(f"{cell.label}: started (cell {started} of {len(job.cells)})")
+                # A worker's outcome can be larger than the pipe: read it as it comes; a worker that
+                # ends without one (killed) shows up as its connection's end of file.
+                for driver in wait(list(busy)):
+                    process, cell = busy.pop(driver)
+                    try:
+                        outcome = driver.recv()  # type: ignore[attr-defined]
                     except (EOFError, OSError):
                         outcome = None
-                    process.join()
                     if isinstance(outcome, CellOutcome):
+                        idle.append((process, driver))
                         yield outcome
-                    else:
-                        reason = outcome if isinstance(outcome, BaseException) else RuntimeError(
-                            f"its worker process exited with code {process.exitcode} before handing back its rows")
-                        yield failed_outcome(cell, job, reason)
+                        continue
+                    process.join(timeout=5)  # type: ignore[attr-defined]
+                    reason = outcome if isinstance(outcome, BaseException) else RuntimeError(
+                        f"its worker process exited with code {process.exitcode} "  # type: ignore[attr-defined]
+                        "before handing back its rows")
+                    yield failed_outcome(cell, job, reason)
+                    if isinstance(outcome, BaseException) and process.is_alive():  # type: ignore[attr-defined]
+                        idle.append((process, driver))  # it failed outside the cell but lives on
+                    elif queue:
+                        start_worker()
+            for _, driver in workers:
+                try:
+                    driver.send(None)  # type: ignore[attr-defined]
+                except OSError:
+                    pass
+            for process, _ in workers:
+                process.join(timeout=30)  # type: ignore[attr-defined]
         finally:
-            for process, _ in running.values():  # interrupted: no orphan keeps training
-                process.kill()
+            for process, _ in workers:  # interrupted: no orphan keeps training
+                if process.is_alive():  # type: ignore[attr-defined]
+                    process.kill()  # type: ignore[attr-defined]
 
 
-def _cell_process(send: object, cell: object, settings: object, environment: dict[str, str]) -> None:
-    """A worker: run one cell and send back its outcome (or what went wrong outside the cell)."""
-    try:
-        outcome: object = run_cell_in_worker(cell, settings, environment)  # type: ignore[arg-type]
-    except BaseException as exc:  # noqa: BLE001 - handed to the driver, which fails this cell's rows
-        outcome = RuntimeError(f"{type(exc).__name__}: {exc}")
-    send.send(outcome)  # type: ignore[attr-defined]
-    send.close()  # type: ignore[attr-defined]
+def _worker_loop(connection: object, settings: object, environment: dict[str, str]) -> None:
+    """A worker: run the cells it is sent, one at a time, and send back each outcome (or what went
+    wrong outside the cell); ``None`` ends it."""
+    while True:
+        try:
+            cell = connection.recv()  # type: ignore[attr-defined]
+        except (EOFError, OSError):
+            return
+        if cell is None:
+            return
+        try:
+            outcome: object = run_cell_in_worker(cell, settings, environment)  # type: ignore[arg-type]
+        except BaseException as exc:  # noqa: BLE001 - handed to the driver, which fails this cell's rows
+            outcome = RuntimeError(f"{type(exc).__name__}: {exc}")
+        connection.send(outcome)  # type: ignore[attr-defined]
 
 
 @hookimpl

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -47,6 +47,21 @@ class Samples:
     nfe_per_sample: float  # counted by forward hooks on sampling_networks()
     seconds: float  # wall time of the counted draw (counting included)
     nfe_check: NFECheck | None = None  # everything counted over the draw
+    batch_seconds: tuple[tuple[int, float], ...] = ()  # (samples, wall seconds) of each call, device synchronised
+
+    def timed_batches(self) -> tuple[int, int, float]:
+        """Batch size, samples and seconds of the draw's throughput timing: its full batches, the first
+        left out as the warm-up when there are others (the lone last sample is latency, not throughput)."""
+        if not self.batch_seconds:
+            raise ValueError("the samples carry no per-batch timing (not drawn by the harness's draw)")
+        size = max(n for n, _ in self.batch_seconds)
+        full = [(n, s) for n, s in self.batch_seconds if n > 1 and n * 2 > size] or list(self.batch_seconds)
+        timed = full[1:] or full
+        return size, sum(n for n, _ in timed), sum(s for _, s in timed)
+
+    def head(self, n: int) -> Samples:
+        """The first ``n`` samples, with the draw's counts (a subset of one draw: same model, same sampler)."""
+        return replace(self, images=self.images[:n])
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:
@@ -64,18 +79,22 @@ def draw(model: GenerativeModel, sampler: Sampler, n: int, *, batch_size: int, s
     generator = make_generator(device, seed)
     model.eval()
     counter = DrawCounter(model)
-    chunks = []
+    chunks, timed = [], []
     start = time.perf_counter()
     with counter.counting():
         for size in progress_bar(draw_batches(n, batch_size), enabled=progress, desc=f"sampling {where}", leave=False):
+            synchronize(device)
+            called = time.perf_counter()
             images = counter.call(sampler, size, generator)
+            synchronize(device)
+            timed.append((size, time.perf_counter() - called))
             check_samples(images, size, model.channels, where)
             chunks.append(images.detach().float().clamp(0, 1).cpu())
     synchronize(device)
     seconds = time.perf_counter() - start
     images = torch.cat(chunks)
     check = counter.result(distinct_share(images))
-    return Samples(images, check.hook_nfe, seconds, check)
+    return Samples(images, check.hook_nfe, seconds, check, tuple(timed))
 
 
 def check_model_samplers(model_class: type[GenerativeModel], preset: str = "smoke", channels: int | None = None,
