@@ -238,6 +238,7 @@ def _execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registrie
 
     data = load_data(dataset, settings.data_dir)
     rows, protocols, drawn = [], {}, {}
+    kept = set(curve_sampler_names(model_class.curve_samplers, samplers)) if curve is not None else set()
     for sampler_name, (spec, sampler) in samplers.items():
         row = {**base, "sampler": sampler_name, "sampler_spec": str(spec)}
         try:
@@ -249,7 +250,8 @@ def _execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registrie
             row.update(evaluation.columns)
             row.update(status=OK, error="")
             protocols.update(evaluation.protocols)
-            drawn[sampler_name] = evaluation.samples
+            if sampler_name in kept:  # the curve's last point reads them; the others' are let go
+                drawn[sampler_name] = evaluation.samples
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
