@@ -211,3 +211,27 @@ def test_markdown_and_html_say_the_same_things(tmp_path):
     assert "dcgan/default: RuntimeError: boom" in md and "dcgan/default: RuntimeError: boom" in page
     assert "{{" not in md + page and "{%" not in md + page
     assert page.count("<img") == len(re.findall(r"^!\[", md, flags=re.MULTILINE))
+
+
+def test_a_failed_rows_values_are_shown_greyed_and_never_ranked(tmp_path):
+    run = tmp_path / "run"
+    frame = make_run(run, seeds=(0,), fail=("none", 0))
+    frame.loc[(frame.model == "dcgan"), ["status", "error"]] = ["failed", "MetricsFailed: metric memorization: boom"]
+    frame.to_csv(run / "results.csv", index=False)
+    fid = frame.loc[frame.model == "dcgan", "fid"].iloc[0]
+    summary = aggregate(frame).set_index("model")
+    assert math.isnan(summary.loc["dcgan", "fid"])  # not ranked, pooled or plotted
+    assert summary.loc["dcgan", "failed_values"]["fid"] == pytest.approx(fid)
+    md = render_run(run).read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| dcgan |"))
+    assert f"({fid:.2f})" in row and row.endswith("| 1 failed |"), row
+    assert "Values in parentheses" in md
+    html = (run / "report.html").read_text()
+    assert '<td class="failed">(' in html and "td.failed{color:#999}" in html
+    assert "Values in parentheses" not in render_run(make_run_dir_without_failures(tmp_path)).read_text()
+
+
+def make_run_dir_without_failures(tmp_path):
+    run = tmp_path / "clean"
+    make_run(run, seeds=(0,), fail=("none", 0))
+    return run

@@ -79,7 +79,7 @@ def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool =
         directory.write_results(frame)
         directory.write_manifest({"combined_from": [str(r) for r in run_dirs], "runs": manifests})
         summary = aggregate(frame)
-        directory.write_text(directory.file("summary.csv"), summary.to_csv(index=False))
+        directory.write_text(directory.file("summary.csv"), summary.drop(columns="failed_values").to_csv(index=False))
         curves = pd.concat([RunDirectory(r).read_curves() for r in run_dirs], ignore_index=True)
         doc = run_document(directory, f"trilemma: {len(run_dirs)} runs pooled", frame, summary, manifests,
                            sample_grids(run_dirs, frame), curves)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from trilemma.rundir import RunDirectory
 
 SEEDS_NOTE = ("Arrows say which direction is better. With several seeds: mean ± half-width of the 95% bootstrap "
               "interval of the mean.")
+FAILED_NOTE = ("Values in parentheses (grey in report.html) are what a failed row's metrics computed before it "
+               "failed; they are shown, never ranked, compared or plotted.")
 
 
 # --- tables -----------------------------------------------------------------------------------
@@ -50,6 +53,10 @@ def headline_table(summary: pd.DataFrame, columns: Sequence[Column], marks: Sequ
         cells = []
         for _, row in summary.iterrows():
             cell = _fmt(row[column], fmt)
+            partial = (row.get("failed_values") or {}).get(column) if isinstance(row.get("failed_values"), dict) else None
+            if cell == "–" and partial is not None and math.isfinite(partial):
+                cells.append(f"({_fmt(partial, fmt)})")  # a failed row's value: shown, greyed, never ranked
+                continue
             half = (row.get(f"{column}_ci_high", math.nan) - row.get(f"{column}_ci_low", math.nan)) / 2
             if cell != "–" and math.isfinite(half) and half > 0:  # a constant (NFE, say) has no "± 0"
                 cell += " ± " + _fmt(half, fmt.replace(",", ""))
@@ -239,6 +246,7 @@ td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f3f3f3}
 td:first-child,td:nth-child(2){text-align:left}
 .scroll{overflow-x:auto;max-width:100%}
+td.failed{color:#999}
 img{max-width:100%}
 .grids{display:flex;flex-wrap:wrap;gap:1em}.grids figure{margin:0;width:260px}
 figcaption{font-size:12px;text-align:center}
@@ -286,7 +294,8 @@ def _environment(base: Path, autoescape: bool) -> jinja2.Environment:
     env.filters["markdown"] = markdown_table
     env.filters["relative"] = lambda path: str(path.relative_to(base) if path.is_relative_to(base) else path)
     env.filters["html_table"] = lambda table: jinja2.utils.markupsafe.Markup(  # wide tables scroll, not overflow
-        '<div class="scroll">' + table.to_html(index=False, escape=True, border=0) + "</div>")
+        '<div class="scroll">' + re.sub(r"<td>\((?=[^<]*\)</td>)", '<td class="failed">(',
+                                        table.to_html(index=False, escape=True, border=0)) + "</div>")
     env.filters["embed"] = _embed
     return env
 
@@ -314,8 +323,10 @@ def run_document(out: RunDirectory, title: str, frame: pd.DataFrame, summary: pd
     marks = [" ".join(m for m in pair if m) for pair in zip(row_marks(summary, manifests),
                                                             curve_marks(summary, curves), strict=True)]
     failures = summary[summary["failed"] > 0]
+    table = headline_table(summary, columns, marks)
+    shown_failed = table.drop(columns=["model", "sampler"]).map(lambda v: str(v).startswith("(")).to_numpy().any()
     return ReportDocument(
-        title=title, table=headline_table(summary, columns, marks),
+        title=title, table=table, intro=SEEDS_NOTE + (" " + FAILED_NOTE if shown_failed else ""),
         failures=[f"{r.model}/{r.sampler}: {r.error}" for r in failures.itertuples()], sections=sections,
         protocols=[("", protocol_items(manifest)) for manifest in manifests],
         figures=render_figures(summary, out, columns, sections), grids=grids)

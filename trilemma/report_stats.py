@@ -32,7 +32,8 @@ def numeric_columns(frame: pd.DataFrame) -> list[str]:
 
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, sampler): ``n_seeds``, ``failed``, and for each numeric metric its
-    mean, ``<col>_std`` (ddof 1), ``<col>_ci_low`` and ``<col>_ci_high`` over the successful seeds."""
+    mean, ``<col>_std`` (ddof 1), ``<col>_ci_low`` and ``<col>_ci_high`` over the successful seeds;
+    where no seed succeeded, ``failed_values`` holds what the failed rows computed (for display)."""
     records = []
     order = list(dict.fromkeys(zip(frame["model"], frame["sampler"], strict=True)))
     for model, sampler in order:
@@ -41,10 +42,17 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
         record: dict[str, Any] = {"model": model, "sampler": sampler, "n_seeds": len(ok),
                                   "failed": int((group["status"] != "ok").sum()),
                                   "error": "; ".join(sorted(set(group.loc[group["status"] != "ok", "error"].astype(str))))}
+        failed = group[group["status"] != "ok"]
+        partial: dict[str, float] = {}
         for column in numeric_columns(frame):
             values = ok[column].dropna().to_numpy(dtype=float)
             record[column] = float(values.mean()) if len(values) else math.nan
             record[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
             record[f"{column}_ci_low"], record[f"{column}_ci_high"] = bootstrap_interval(values)
+            if not len(ok) and column in failed:
+                kept = failed[column].dropna().to_numpy(dtype=float)
+                if len(kept):
+                    partial[column] = float(kept.mean())
+        record["failed_values"] = partial  # shown greyed, never ranked, pooled or plotted
         records.append(record)
     return pd.DataFrame(records)
