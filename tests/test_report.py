@@ -235,3 +235,13 @@ def make_run_dir_without_failures(tmp_path):
     run = tmp_path / "clean"
     make_run(run, seeds=(0,), fail=("none", 0))
     return run
+
+
+def test_a_metric_that_does_not_apply_to_the_dataset_is_said_under_the_table(fake_registries, tmp_path, monkeypatch):
+    from trilemma.metrics.likelihood import LikelihoodMetric
+
+    monkeypatch.setattr(LikelihoodMetric, "applies_to", lambda self, dataset: False)
+    assert main(["run", "tiny", "--preset", "smoke", "--no-progress", "--out", str(tmp_path)]) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["does_not_apply"] == {"likelihood": ["bpd"]}
+    assert "bits/dim: – because the metric likelihood does not apply to mnist." in (tmp_path / "report.md").read_text()

@@ -138,6 +138,9 @@ class Recorder:
                 "columns": [column.to_dict() for column in self.declared],
                 "protocol_keys": {entry.name: list(entry.item.protocol_keys)
                                   for entry in self.registries.metrics.in_order()},
+                "does_not_apply": {entry.name: [c.name for c in entry.item.columns if c.headline]
+                                   for entry in self.registries.metrics.in_order()
+                                   if not _applies(entry.item, plan.dataset)},
                 "plugin_problems": plugin_problems(self.registries),
                 "versions": library_versions([d for d in dists if d != "trilemma"]),
             })
@@ -145,3 +148,11 @@ class Recorder:
                 manifest.pop("metrics")
 
         self.run_dir.update_manifest(change)
+
+
+def _applies(metric: Any, dataset: Any) -> bool:
+    """``metric.applies_to(dataset)``; a plugin's that raises is taken to apply (its rows say the error)."""
+    try:
+        return bool(metric.applies_to(dataset))
+    except Exception:  # noqa: BLE001 - the manifest never fails for a plugin's fault
+        return True

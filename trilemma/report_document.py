@@ -68,6 +68,19 @@ def headline_table(summary: pd.DataFrame, columns: Sequence[Column], marks: Sequ
     return pd.DataFrame(table)
 
 
+def not_applicable(manifests: Sequence[dict[str, Any]], columns: Sequence[Column]) -> list[str]:
+    """Why headline columns are "–" everywhere: their metric does not apply to the run's dataset."""
+    titles = {c.name: c.title or c.name for c in columns}
+    notes = []
+    for manifest in manifests:
+        for metric, names in manifest.get("does_not_apply", {}).items():
+            shown = [titles[name] for name in names if name in titles]
+            if shown:
+                notes.append(f"{', '.join(shown)}: – because the metric {metric} does not apply to "
+                             f"{manifest.get('dataset', 'this dataset')}.")
+    return list(dict.fromkeys(notes))
+
+
 def markdown_table(table: pd.DataFrame) -> str:
     header = "| " + " | ".join(table.columns) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
@@ -326,7 +339,8 @@ def run_document(out: RunDirectory, title: str, frame: pd.DataFrame, summary: pd
     table = headline_table(summary, columns, marks)
     shown_failed = table.drop(columns=["model", "sampler"]).map(lambda v: str(v).startswith("(")).to_numpy().any()
     return ReportDocument(
-        title=title, table=table, intro=SEEDS_NOTE + (" " + FAILED_NOTE if shown_failed else ""),
+        title=title, table=table,
+        intro=" ".join([SEEDS_NOTE, *([FAILED_NOTE] if shown_failed else []), *not_applicable(manifests, columns)]),
         failures=[f"{r.model}/{r.sampler}: {r.error}" for r in failures.itertuples()], sections=sections,
         protocols=[("", protocol_items(manifest)) for manifest in manifests],
         figures=render_figures(summary, out, columns, sections), grids=grids)
