@@ -141,14 +141,15 @@ class LocalExecutor(Executor):
                         idle.append((process, driver))
                         yield outcome
                         continue
+                    if isinstance(outcome, BaseException):  # it failed outside the cell but lives on
+                        idle.append((process, driver))
+                        yield failed_outcome(cell, job, outcome)
+                        continue
                     process.join(timeout=5)  # type: ignore[attr-defined]
-                    reason = outcome if isinstance(outcome, BaseException) else RuntimeError(
+                    yield failed_outcome(cell, job, RuntimeError(
                         f"its worker process exited with code {process.exitcode} "  # type: ignore[attr-defined]
-                        "before handing back its rows")
-                    yield failed_outcome(cell, job, reason)
-                    if isinstance(outcome, BaseException) and process.is_alive():  # type: ignore[attr-defined]
-                        idle.append((process, driver))  # it failed outside the cell but lives on
-                    elif queue:
+                        "before handing back its rows"))
+                    if queue:
                         start_worker()
             for _, driver in workers:
                 try:
