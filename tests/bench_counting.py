@@ -6,7 +6,7 @@ draw of ``SAMPLES`` samples in batches of ``BATCH`` (the last one alone, as the 
 timed both ways in one run, alternating: plain sampler calls ("uncounted", what the draw cost
 before counting) and ``trilemma.sampling.draw`` (hooks, FLOP
 counter and parameter watch over every batch). The last test prints the ratio per model.
-``TRILEMMA_BENCH_BATCH`` changes the batch (default 500, the quick preset's sample batch).
+``TRILEMMA_BENCH_BATCH`` changes the batch (default the quick preset's sample batch).
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from helpers import print_benchmark_table
 
 from trilemma.model import resolve_config
 from trilemma.nfe import draw_batches
+from trilemma.presets import PRESETS
 from trilemma.samplers import bind
 from trilemma.sampling import draw, make_generator
 
 MODELS = ("vae", "dcgan", "ddpm", "ddgan", "flow-matching", "cld", "lsgm", "glow")
-BATCH = int(os.environ.get("TRILEMMA_BENCH_BATCH", "500"))
+BATCH = int(os.environ.get("TRILEMMA_BENCH_BATCH", PRESETS["quick"].sample_batch_size))
 SAMPLES = BATCH + 1
 ROUNDS = int(os.environ.get("TRILEMMA_BENCH_ROUNDS", "3"))
 RESULTS: dict[str, tuple[str, float, float]] = {}  # model → (sampler, uncounted s, counted s)
