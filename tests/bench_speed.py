@@ -5,7 +5,7 @@ and the fewest-step sampler of its quick preset, one counted draw of the quick p
 the lone last sample) is made, and then the speed metric's timing is run both ways on it, in one
 run, alternating: "before" times calls at batch sizes 1 and 64 (a warm-up and two repeats each, the
 old quick protocol) and took ms/sample from batch 64; "after" is ``SpeedMetric`` as it is (batch 1,
-plus hooked calls at the draw's batch only when a draw batch took under ``RETIME_SECONDS``, right after the draw). The
+plus hooked calls at the draw's batch, after a warm-up, only when a draw batch took under ``RETIME_SECONDS``). The
 last test prints, per model, both costs and the ms/sample each path reports.
 """
 

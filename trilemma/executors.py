@@ -103,7 +103,6 @@ class LocalExecutor(Executor):
         environment = job.worker_environment()
         job.log(f"local: {len(job.cells)} cells, {count} at once, {threads} torch thread(s) each")
         queue, idle, busy = list(job.cells), [], {}
-        started = 0
         workers: list[tuple[object, object]] = []
 
         def start_worker() -> None:
@@ -126,9 +125,8 @@ class LocalExecutor(Executor):
                         start_worker()
                         continue
                     cell = queue.pop(0)
-                    started += 1
                     busy[driver] = (process, cell)
-                    job.log(f"{cell.label}: started (cell {started} of {len(job.cells)})")
+                    job.log(f"{cell.label}: started (cell {len(job.cells) - len(queue)} of {len(job.cells)})")
                 # A worker's outcome can be larger than the pipe: read it as it comes; a worker that
                 # ends without one (killed) shows up as its connection's end of file.
                 for driver in wait(list(busy)):

@@ -53,7 +53,8 @@ def headline_table(summary: pd.DataFrame, columns: Sequence[Column], marks: Sequ
         cells = []
         for _, row in summary.iterrows():
             cell = _fmt(row[column], fmt)
-            partial = (row.get("failed_values") or {}).get(column) if isinstance(row.get("failed_values"), dict) else None
+            failed_values = row.get("failed_values")
+            partial = failed_values.get(column) if isinstance(failed_values, dict) else None
             if cell == "–" and partial is not None and math.isfinite(partial):
                 cells.append(f"({_fmt(partial, fmt)})")  # a failed row's value: shown, greyed, never ranked
                 continue

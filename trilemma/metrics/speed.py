@@ -36,19 +36,17 @@ class Timing:
 
 
 @torch.no_grad()
-def time_sampler(ctx: EvalContext, batch_size: int, repeats: int, hooked: bool = True,
-                 warm_up: bool = True) -> Timing:
-    """Time one warm-up call (unless ``warm_up`` is false: the draw just ran at this size) and then
-    ``repeats`` calls of the sampler on ``batch_size`` samples (device synchronised). The calls are
-    the counted work: hooked like the draw (``hooked``; compiled networks are timed unhooked) and
-    their outputs checked like scored samples, outside the timing."""
+def time_sampler(ctx: EvalContext, batch_size: int, repeats: int, hooked: bool = True) -> Timing:
+    """Time one warm-up call and then ``repeats`` calls of the sampler on ``batch_size`` samples
+    (device synchronised). The calls are the counted work: hooked like the draw (``hooked``; compiled
+    networks are timed unhooked) and their outputs checked like scored samples, outside the timing."""
     generator = make_generator(ctx.device, derived_seed(ctx.seed, "speed_timing"))
     ctx.model.eval()
     counter = NFECounter(ctx.model.sampling_networks()) if hooked else None
     where = f"{ctx.model_name}/{ctx.sampler_name} (timed)"
     times, duplicates = [], False
     with counter.counting() if counter is not None else nullcontext():
-        for _ in range(int(warm_up) + max(1, repeats)):
+        for _ in range(1 + max(1, repeats)):
             synchronize(ctx.device)
             start = time.perf_counter()
             images = ctx.sampler(batch_size, generator)
@@ -56,9 +54,9 @@ def time_sampler(ctx: EvalContext, batch_size: int, repeats: int, hooked: bool =
             times.append(time.perf_counter() - start)
             check_samples(images, batch_size, ctx.model.channels, where)
             duplicates |= batch_size > 1 and distinct_share(images) < DISTINCT_SHARE
-    first, timed = (times[0], sorted(times[1:])) if warm_up else (0.0, sorted(times))
+    warm_up, timed = times[0], sorted(times[1:])
     nfe = counter.items / (batch_size * len(times)) if counter is not None else math.nan
-    return Timing(timed[len(timed) // 2], first, nfe, duplicates)
+    return Timing(timed[len(timed) // 2], warm_up, nfe, duplicates)
 
 
 @contextmanager
@@ -203,7 +201,7 @@ class SpeedMetric(Metric):
         if seconds / timed * size > RETIME_SECONDS:
             ms, source = 1000 * seconds / timed, "scored draw"
         else:
-            timing = time_sampler(ctx, size, ctx.preset.speed_repeats, warm_up=False)  # the draw warmed it up
+            timing = time_sampler(ctx, size, ctx.preset.speed_repeats)
             self.check_timing(timing, size, check, flags)
             ms, source = 1000 * timing.seconds / size, "timed calls"
         return {"ms_per_sample": ms, "samples_per_s": 1000 / ms, "speed_timed_on": source}
@@ -274,7 +272,7 @@ class SpeedMetric(Metric):
             "ms_per_sample": f"wall time per sample at batch {ctx.preset.sample_batch_size}: the scored draw's own "
                              f"full batches after the first (the counted work as it ran, device synchronised per "
                              f"batch) where a batch takes over {RETIME_SECONDS:g} s, else the median of "
-                             f"{ctx.preset.speed_repeats} hooked calls right after the draw (the FLOP counter's "
+                             f"{ctx.preset.speed_repeats} hooked calls after a warm-up (the FLOP counter's "
                              "per-operation cost would weigh on a fast sampler)",
             "device": str(ctx.device),
         }
