@@ -77,6 +77,18 @@ HARNESS_COST = (
            description="training compute spent: counted FLOPs per step × steps, PFLOP"),
     Column("train_pflop_budget", optional=True,
            description="the compute budget the steps were derived from (--train-pflop), PFLOP; empty on work budgets"),
+    Column("teacher", optional=True, text=True,
+           description="the row model a student learned from (its teacher's cell, same seed); empty for others"),
+    Column("teacher_train_pflop", optional=True, headline=True, title="teacher PFLOP", fmt="{:.3g}",
+           description="a student's teacher's training compute, its own teachers' included, PFLOP (not in train_pflop, "
+                       "which is the student's own training: any teacher calls in its steps, pair generation say, "
+                       "included)"),
+    Column("teacher_train_seconds", optional=True, description="a student's teacher's training wall time, its "
+                                                               "own teachers' included (a cost)"),
+    Column("total_train_pflop", optional=True, headline=True, title="total PFLOP", fmt="{:.3g}",
+           description="training compute of the row, its teachers' included: train_pflop + teacher_train_pflop"),
+    Column("total_train_seconds", optional=True,
+           description="training wall time of the row, its teachers' included (a cost)"),
     Column("train_gflop_per_step", description="mean FLOPs of the real training steps counted under "
                                                 "torch.utils.flop_counter (up to 16, spread over the run), GFLOP"),
     Column("train_gflops", better="higher", description="achieved GFLOP/s in training: FLOPs per step × steps / time"),

@@ -32,7 +32,7 @@ from trilemma.registry import NAME_PATTERN
 from trilemma.results import FAILED, OK
 from trilemma.rundir import RunDirectory
 from trilemma.samplers import SamplerSpec, bind, specs
-from trilemma.train import Budget, TrainResult, load_trained, train
+from trilemma.train import Budget, CheckpointError, TrainResult, load_trained, train
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,65 @@ def _sampler_names(cell: Cell, model_class: type[GenerativeModel] | None) -> lis
         return ["-"]
 
 
+def cell_budget(cell: Cell, model: GenerativeModel, images: torch.Tensor,
+                log: Callable[[str], None] | None = None) -> tuple[Preset, Budget]:
+    """The cell's preset with steps, and its training budget: a compute budget becomes the steps it
+    buys at this model's counted FLOPs per step (measured on a copy, so nothing trains)."""
+    preset = cell.preset
+    if preset.train_pflop is not None:
+        per_step = training_flops_per_step(model, images, preset.batch_size, cell.precision, seed=cell.seed)
+        preset = preset.for_flops_per_step(per_step)
+        if log is not None:
+            log(f"{cell.label}: {cell.preset.train_pflop:g} PFLOP at {per_step / 1e9:.4g} GFLOP per step (counted) "
+                f"is {preset.steps:,} steps")
+    return preset, Budget(preset.steps, preset.train_seconds, preset.batch_size, preset.checkpoint_every,
+                          cell.precision)
+
+
+class TeacherNotTrained(Exception):
+    """A student's teacher has no finished checkpoint of its identity (its cell failed, or never ran)."""
+
+
+def trained_teacher(teacher: Cell, settings: ExecutionSettings, registries: Registries, dataset: Dataset,
+                    images: torch.Tensor) -> tuple[GenerativeModel, float, float]:
+    """A teacher cell's trained model, from its finished checkpoint (checked against its identity,
+    never trained here), and the PFLOP and seconds its training cost, its own teacher's included."""
+    cls = registries.models[teacher.model]
+    model = cls(cls.Config.from_dict(teacher.config), channels=dataset.channels).to(images.device)
+    pflop, seconds = 0.0, 0.0
+    if teacher.teacher is not None:
+        ancestor, pflop, seconds = trained_teacher(teacher.teacher, settings, registries, dataset, images)
+        model.attach_teacher(ancestor)
+    _, budget = cell_budget(teacher, model, images)
+    checkpoint = RunDirectory(settings.run_dir).checkpoint(teacher.row_model, teacher.seed)
+    try:
+        result = load_trained(model, checkpoint, budget, teacher.identity)
+    except CheckpointError as exc:
+        raise TeacherNotTrained(f"its teacher {teacher.label} has no finished checkpoint (its cell failed, or was not "
+                                f"trained in this run directory): {exc}") from exc
+    model.optimizers = {}  # a teacher only evaluates
+    return model, pflop + result.flops_per_step * result.steps / 1e15, seconds + result.seconds
+
+
+def _with_teacher(model: GenerativeModel, cell: Cell, settings: ExecutionSettings, registries: Registries,
+                  dataset: Dataset, images: torch.Tensor, log: Callable[[str], None]) -> dict[str, Any]:
+    """Attach the cell's trained teacher to its student; the teacher's cost columns. A student that is
+    only evaluated needs no teacher weights, and a teacher checkpoint gone since only blanks its costs."""
+    assert cell.teacher is not None
+    columns: dict[str, Any] = {"teacher": cell.teacher.row_model}
+    try:
+        teacher, pflop, seconds = trained_teacher(cell.teacher, settings, registries, dataset, images)
+    except TeacherNotTrained as exc:
+        if not cell.evaluate_only:
+            raise
+        log(f"{cell.label}: its teacher's cost is not known: {exc}")
+        return columns
+    if not cell.evaluate_only:
+        model.attach_teacher(teacher)
+        log(f"{cell.label}: learns from {cell.teacher.label} (trained: {pflop:.3g} PFLOP, {seconds:.0f} s)")
+    return {**columns, "teacher_train_pflop": pflop, "teacher_train_seconds": seconds}
+
+
 def _curve(cell: Cell, preset: Preset, settings: ExecutionSettings, model: GenerativeModel, model_class: type[GenerativeModel],
            samplers: dict[str, Any], metrics: dict[str, Any], dataset: Dataset, base: dict[str, Any],
            log: Callable[[str], None]) -> Callable[[int], None] | None:
@@ -149,9 +208,12 @@ def failed_outcome(cell: Cell, job: Any, exc: BaseException) -> CellOutcome:
     return CellOutcome(cell, [failure_row(base, exc)])
 
 
-def run_cell_in_worker(cell: Cell, settings: ExecutionSettings, environment: dict[str, str]) -> CellOutcome:
+def run_cell_in_worker(cell: Cell, settings: ExecutionSettings, environment: dict[str, str],
+                       *after: object) -> CellOutcome:
     """``execute_cell`` in another process (a Ray task, a Slurm job): the driver's plugin environment
-    (``TRILEMMA_LOAD_PLUGINS``, ``PYTHONPATH`` entries) and thread count, the registries collected here."""
+    (``TRILEMMA_LOAD_PLUGINS``, ``PYTHONPATH`` entries) and thread count, the registries collected here.
+    ``after``: the outcomes of the cells it waited for (its teacher's, as an engine's task dependency);
+    the student reads its teacher from the run directory, not from them."""
     import os
     import sys
 
@@ -205,13 +267,11 @@ def _execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registrie
         # cell an executor retries after its worker died continues from it.
         checkpoint = run_dir.checkpoint(cell.row_model, cell.seed)
         images = training_images(dataset, settings.data_dir, device)
-        if preset.train_pflop is not None:  # a compute budget: the steps it buys at this model's FLOPs per step
-            per_step = training_flops_per_step(model, images, preset.batch_size, cell.precision, seed=cell.seed)
-            preset = preset.for_flops_per_step(per_step)
+        if cell.teacher is not None:
+            base.update(_with_teacher(model, cell, settings, registries, dataset, images, log))
+        preset, budget = cell_budget(cell, model, images, log)
+        if preset.train_pflop is None and cell.preset.train_pflop is not None:
             base["train_pflop_budget"] = cell.preset.train_pflop
-            log(f"{cell.label}: {cell.preset.train_pflop:g} PFLOP at {per_step / 1e9:.4g} GFLOP per step (counted) "
-                f"is {preset.steps:,} steps")
-        budget = Budget(preset.steps, preset.train_seconds, preset.batch_size, preset.checkpoint_every, cell.precision)
         peak = device_peak_gflops(device, budget.precision, settings.cache_dir)
         samplers = bind(model, cell_specs(cell, model_class))
         metrics = {entry.name: entry.item for entry in registries.metrics.in_order()}  # built-ins first
@@ -228,6 +288,9 @@ def _execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registrie
             result = train(model, images, budget, seed=cell.seed, checkpoint=checkpoint, progress=settings.progress,
                            desc=cell.label, log=log, identity=cell.identity, pauses=pauses)
         base.update(_train_columns(result, budget, result.flops_per_step, peak))
+        unknown = math.nan if cell.teacher is not None else 0.0  # a teacher whose cost could not be read
+        base["total_train_pflop"] = base["train_pflop"] + base.get("teacher_train_pflop", unknown)
+        base["total_train_seconds"] = base["train_seconds"] + base.get("teacher_train_seconds", unknown)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # a plugin's fault, SystemExit included, stays in its own rows

@@ -39,6 +39,15 @@ class Job:
     log: Callable[[str], None] = print
     options: dict[str, Any] = field(default_factory=dict)
 
+    def waits_for_teacher(self, cell: Cell, finished: set[tuple[str, int]]) -> bool:
+        """Whether ``cell``'s teacher is one of this job's cells and its outcome (keys ``(row_model,
+        seed)`` in ``finished``) has not come back yet: a student starts only after its teacher."""
+        teacher = cell.teacher
+        if teacher is None:
+            return False
+        key = (teacher.row_model, teacher.seed)
+        return key not in finished and any((c.row_model, c.seed) == key for c in self.cells)
+
     def worker_environment(self) -> dict[str, str]:
         """What a worker process needs to find the same plugins as this one."""
         keep = (ALLOWLIST_ENV, "PYTHONPATH", "TRILEMMA_DATA_DIR", "XDG_CACHE_HOME")
@@ -47,7 +56,8 @@ class Job:
 
 class Executor:
     """Base class of an executor: ``run(job)`` executes every cell of ``job`` and yields each
-    cell's outcome as it finishes (in any order); the harness records it at once. ``settings``
+    cell's outcome as it finishes (in any order, but a student's never before its teacher's has
+    finished: ``job.waits_for_teacher``); the harness records it at once. ``settings``
     declares its options (each a ``trilemma run`` flag; the values reach ``job.options``)."""
 
     name: str = ""

@@ -103,6 +103,7 @@ class LocalExecutor(Executor):
         environment = job.worker_environment()
         job.log(f"local: {len(job.cells)} cells, {count} at once, {threads} torch thread(s) each")
         queue, idle, busy = list(job.cells), [], {}
+        finished: set[tuple[str, int]] = set()
         workers: list[tuple[object, object]] = []
 
         def start_worker() -> None:
@@ -117,20 +118,23 @@ class LocalExecutor(Executor):
             for _ in range(min(count, len(queue))):
                 start_worker()
             while queue or busy:
-                while queue and idle:
+                while idle and (cell := next((c for c in queue if not job.waits_for_teacher(c, finished)), None)):
                     process, driver = idle.pop()
                     try:
-                        driver.send(queue[0])  # type: ignore[attr-defined]
+                        driver.send(cell)  # type: ignore[attr-defined]
                     except OSError:  # it died while idle: another takes the cell
                         start_worker()
                         continue
-                    cell = queue.pop(0)
+                    queue.remove(cell)
                     busy[driver] = (process, cell)
                     job.log(f"{cell.label}: started (cell {len(job.cells) - len(queue)} of {len(job.cells)})")
                 # A worker's outcome can be larger than the pipe: read it as it comes; a worker that
                 # ends without one (killed) shows up as its connection's end of file.
+                if not busy:  # nothing running and nothing ready: a teacher outside the order
+                    raise RuntimeError(f"local: {queue[0].label} waits for a teacher that is not coming")
                 for driver in wait(list(busy)):
                     process, cell = busy.pop(driver)
+                    finished.add((cell.row_model, cell.seed))
                     try:
                         outcome = driver.recv()  # type: ignore[attr-defined]
                     except (EOFError, OSError):

@@ -118,6 +118,11 @@ class GenerativeModel(nn.Module):
     #: The rows whose learning curves a run draws (sampler names, e.g. ``"ddim-10"``), among those it
     #: evaluates; empty: the evaluated sampler with the fewest steps (the cheapest to draw).
     curve_samplers: ClassVar[tuple[str, ...]] = ()
+    #: A student's teacher: the registry name of the model it learns from (empty: none). The
+    #: teacher's cell (its own preset config and budget, or the run's cell of it) trains first or is
+    #: reused by identity; the student receives it, trained and frozen, through ``teacher_model``. A
+    #: config field named ``teacher`` overrides this per run (``--set student.teacher=NAME``).
+    teacher: ClassVar[str] = ""
 
     def __init__(self, config: ModelConfig | None = None, channels: int = 1) -> None:
         super().__init__()
@@ -130,6 +135,27 @@ class GenerativeModel(nn.Module):
         self.config = config
         self.channels = channels
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    @classmethod
+    def teacher_name(cls, config: ModelConfig) -> str:
+        """The registry name of the model this one learns from under ``config`` (empty: none)."""
+        return str(getattr(config, "teacher", cls.teacher) or "")
+
+    @property
+    def teacher_model(self) -> GenerativeModel:
+        """The trained teacher (frozen, in eval mode, on this model's device), for a student whose
+        ``teacher`` is set; the harness attaches it before training. Not a submodule: its weights are
+        never in the student's parameters, checkpoint or sampling networks."""
+        teacher = self.__dict__.get("_teacher_model")
+        if teacher is None:
+            raise TrilemmaError(f"model {self.name!r} has no teacher attached (its `teacher` is {self.teacher!r})")
+        return teacher
+
+    def attach_teacher(self, teacher: GenerativeModel) -> None:
+        """Hand the student its trained teacher, frozen; kept out of the module tree."""
+        teacher.eval()
+        teacher.requires_grad_(False)
+        self.__dict__["_teacher_model"] = teacher
 
     # --- training -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:

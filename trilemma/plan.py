@@ -11,7 +11,7 @@ import itertools
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ class Cell:
     samplers: tuple[str, ...] = ()  # the sampler specs to evaluate (evaluation, not identity)
     evaluate_only: bool = False  # evaluate a finished checkpoint; never train (``trilemma eval``)
     threads: int | None = None  # torch CPU threads it trains and evaluates with (None: torch's default)
+    teacher: Cell | None = None  # the cell whose trained model this one learns from (same seed), run first
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -86,10 +87,13 @@ class Cell:
         Resume, checkpoints and report pooling compare this, never names alone."""
         kind = self.preset.budget.kind
         budget = {"kind": kind, "amount": getattr(self.preset, f"train_{kind}")}
-        return {"model": self.model, "variant": self.variant, "config_hash": self.config_hash,
-                "budget": {**budget, "batch_size": self.preset.batch_size}, "dataset": self.dataset,
-                "plugin": self.provider, "precision": self.precision, "train_seconds_cap": self.preset.train_seconds,
-                "threads": self.threads}
+        identity = {"model": self.model, "variant": self.variant, "config_hash": self.config_hash,
+                    "budget": {**budget, "batch_size": self.preset.batch_size}, "dataset": self.dataset,
+                    "plugin": self.provider, "precision": self.precision,
+                    "train_seconds_cap": self.preset.train_seconds, "threads": self.threads}
+        if self.teacher is not None:  # a student trained from another teacher is another cell
+            identity["teacher"] = self.teacher.identity_hash
+        return identity
 
     @property
     def identity_hash(self) -> str:
@@ -120,6 +124,7 @@ class ModelPlan:
     registry_name: str
     variant: str = ""
     samplers: tuple[SamplerSpec, ...] = ()
+    teacher: str = ""  # the row model of the plan this model learns from (empty: none)
 
 
 @dataclass
@@ -207,6 +212,91 @@ def _methods(instance: Any) -> Any:
         return None
 
 
+def _model_preset(cls: type, name: str, base: Preset, request: RunRequest) -> Preset:
+    """A model's preset: the run's, with the model's own budget, then the request's budget, cap and curves."""
+    preset = base.with_budget(cls.preset_settings(base.name).budget, where=f"model {name!r}, ")
+    for key in ("train_steps", "train_images", "train_pflop"):
+        if getattr(request, key) is not None:
+            preset = preset.with_budget({key: getattr(request, key)})
+    if request.train_seconds is not None:
+        preset = preset.capped(request.train_seconds)
+    if request.curves is not None:
+        preset = preset.with_curves(request.curves)
+    return preset
+
+
+def add_teachers(models: dict[str, ModelPlan], registries: Registries, base: Preset, request: RunRequest,
+                 dataset: Dataset, precision: str) -> dict[str, ModelPlan]:
+    """Link every student to its teacher's plan: the run's own plan of the teacher model (unswept) when
+    the run has one, else one added for it with the teacher's preset config and the run's budget
+    rules (its rows are reported like any other). A teacher that is not installed, cannot train on the
+    dataset, or closes a cycle is refused before any work."""
+    models = dict(models)
+    resolved: dict[str, str] = {}  # student row model -> teacher row model
+
+    def teacher_of(row_model: str, chain: tuple[str, ...]) -> str:
+        plan = models[row_model]
+        cls = registries.models[plan.registry_name]
+        try:
+            name = cls.teacher_name(plan.config)
+        except Exception as exc:  # noqa: BLE001 - a plugin's fault, said in one line
+            raise TrilemmaError(f"model {row_model!r}: cannot say its teacher: {type(exc).__name__}: {exc}") from exc
+        if not name:
+            return ""
+        if name in chain or name == plan.registry_name:
+            raise TrilemmaError(f"model {row_model!r}: its teachers form a cycle: {' → '.join([*chain, name])}")
+        if name not in registries.models:
+            raise TrilemmaError(f"model {row_model!r} learns from {name!r}, which is not installed"
+                                f"{did_you_mean([name], registries.models.names())}; "
+                                f"valid: {', '.join(registries.models.names())}")
+        teacher_cls = registries.models[name]
+        if dataset.channels not in teacher_cls.data_channels:
+            raise TrilemmaError(f"model {row_model!r}: its teacher {name!r} cannot train on {dataset.name}")
+        if name not in models:
+            try:
+                preset = _model_preset(teacher_cls, name, base, request)
+                config = resolve_config(teacher_cls, base.name, {})
+            except TrilemmaError:
+                raise
+            except Exception as exc:  # a plugin's malformed presets or Config
+                raise TrilemmaError(f"teacher {name!r} ({registries.models.provider(name)}): cannot resolve its "
+                                    f"{base.name} preset: {type(exc).__name__}: {exc}") from exc
+            model_precision = precision if precision in teacher_cls.precisions else "fp32"
+            instance = _instance(teacher_cls, config, dataset.channels)
+            samplers = choose_samplers(teacher_cls, instance, base.name, [name], {})
+            models[name] = ModelPlan(config, preset, registries.models.provider(name), model_precision, name, "",
+                                     samplers)
+        if name not in resolved:
+            resolved[name] = teacher_of(name, (*chain, name))
+        return name
+
+    for row_model in list(models):
+        if row_model not in resolved:
+            resolved[row_model] = teacher_of(row_model, (row_model,))
+    return {row_model: replace(plan, teacher=resolved.get(row_model, "")) for row_model, plan in models.items()}
+
+
+def cells_in_order(models: dict[str, ModelPlan], seeds: Sequence[int], dataset: str, threads: int | None) -> list[Cell]:
+    """One cell per model plan and seed, every teacher's before its students' (otherwise in plan order)."""
+    made: dict[tuple[str, int], Cell] = {}
+    for seed in seeds:
+        for row_model in models:
+            make_cell(models, row_model, seed, dataset, threads, made)
+    return list(made.values())
+
+
+def make_cell(models: dict[str, ModelPlan], row_model: str, seed: int, dataset: str, threads: int | None,
+              made: dict[tuple[str, int], Cell], evaluate_only: bool = False) -> Cell:
+    """The cell of ``row_model`` and ``seed``, its teacher's cell made (into ``made``) first."""
+    if (row_model, seed) not in made:
+        plan = models[row_model]
+        teacher = make_cell(models, plan.teacher, seed, dataset, threads, made, evaluate_only) if plan.teacher else None
+        made[(row_model, seed)] = Cell(
+            plan.registry_name, dataset, seed, plan.config.to_dict(), plan.config.config_hash(), plan.preset,
+            plan.precision, plan.variant, str(plan.provider), tuple(str(s) for s in plan.samplers),
+            evaluate_only=evaluate_only, threads=threads, teacher=teacher)
+    return made[(row_model, seed)]
+
 def plan_run(request: RunRequest, registries: Registries) -> Plan:
     """Check the request against the registries and resolve every model's config, budget and samplers."""
     check_consistent(request)
@@ -242,7 +332,7 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
         if dataset.channels not in cls.data_channels:
             raise TrilemmaError(f"model {name!r} cannot train on {dataset.name} ({dataset.channels} channels)")
         try:
-            preset = base.with_budget(cls.preset_settings(base.name).budget, where=f"model {name!r}, ")
+            preset = _model_preset(cls, name, base, request)
             variants = [(label, {**request.overrides.get(name, {}), **changes})
                         for label, changes in sweep_variants(request.sweeps.get(name, {}))]
             configs = [(label, resolve_config(cls, base.name, overrides)) for label, overrides in variants]
@@ -251,16 +341,6 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
         except Exception as exc:  # a plugin's malformed presets or Config
             raise TrilemmaError(f"model {name!r} ({registries.models.provider(name)}): cannot resolve its "
                                 f"{base.name} preset: {type(exc).__name__}: {exc}") from exc
-        if request.train_steps is not None:
-            preset = preset.with_budget({"train_steps": request.train_steps})
-        if request.train_images is not None:
-            preset = preset.with_budget({"train_images": request.train_images})
-        if request.train_pflop is not None:
-            preset = preset.with_budget({"train_pflop": request.train_pflop})
-        if request.train_seconds is not None:
-            preset = preset.capped(request.train_seconds)
-        if request.curves is not None:
-            preset = preset.with_curves(request.curves)
         model_precision = precision if precision in cls.precisions else "fp32"
         for label, config in configs:
             instance = _instance(cls, config, dataset.channels)
@@ -273,10 +353,8 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
                                           samplers)
     if unmatched and all_built:
         raise TrilemmaError(f"--sampler: no model in this run has the method(s) {', '.join(sorted(unmatched))}")
-    cells = [Cell(plan.registry_name, dataset.name, seed, plan.config.to_dict(), plan.config.config_hash(), plan.preset,
-                  plan.precision, plan.variant, str(plan.provider), tuple(str(s) for s in plan.samplers),
-                  threads=threads)
-             for seed in request.seeds for plan in models.values()]
+    models = add_teachers(models, registries, base, request, dataset, precision)
+    cells = cells_in_order(models, request.seeds, dataset.name, threads)
     return Plan(dataset, device, base.name, models, cells, precision, request.train_seconds, threads)
 
 
@@ -305,10 +383,15 @@ def plan_eval(request: RunRequest, registries: Registries, manifest: dict[str, A
     models: dict[str, ModelPlan] = {}
     cells: list[Cell] = []
     unmatched = {spec.method for spec in specs(request.samplers.get("", []))}
-    for row_model, entry in entries.items():
+
+    def entry_plan(row_model: str) -> ModelPlan:
+        """A recorded model's plan, rebuilt from its manifest entry (its teacher's, too)."""
+        if row_model in models:
+            return models[row_model]
+        entry = entries.get(row_model)
+        if entry is None:
+            raise TrilemmaError(f"{request.out_dir}: its manifest has no entry for {row_model!r} (a teacher)")
         name = entry.get("registry_name", row_model)
-        if row_model not in wanted and name not in wanted:
-            continue
         if name not in registries.models:
             raise TrilemmaError(f"model {name!r} ({entry.get('distribution')}) of {request.out_dir} is not installed")
         provider = registries.models.provider(name)
@@ -329,16 +412,24 @@ def plan_eval(request: RunRequest, registries: Registries, manifest: dict[str, A
         if cap is not None:
             preset = preset.capped(cap)
         instance = _instance(cls, config, dataset.channels)
-        unmatched -= set(_methods(instance) or ())
+        unmatched.difference_update(_methods(instance) or ())
         samplers = choose_samplers(cls, instance, base.name, [row_model, name], request.samplers)
-        variant = entry.get("variant", "")
-        models[row_model] = ModelPlan(config, preset, provider, entry.get("precision", "fp32"), name, variant, samplers)
+        teacher = entry.get("teacher", "")
+        if teacher:
+            entry_plan(teacher)
+        models[row_model] = ModelPlan(config, preset, provider, entry.get("precision", "fp32"), name,
+                                      entry.get("variant", ""), samplers, teacher)
+        return models[row_model]
+
+    made: dict[tuple[str, int], Cell] = {}
+    for row_model, entry in entries.items():
+        if row_model not in wanted and entry.get("registry_name", row_model) not in wanted:
+            continue
+        entry_plan(row_model)
         seeds = sorted(recorded_seeds.get(row_model, set()))
         if request.seeds:
             seeds = [s for s in seeds if s in request.seeds]
-        cells += [Cell(name, dataset.name, seed, config.to_dict(), config.config_hash(), preset,
-                       entry.get("precision", "fp32"), variant, str(provider), tuple(str(s) for s in samplers),
-                       evaluate_only=True, threads=threads) for seed in seeds]
+        cells += [make_cell(models, row_model, seed, dataset.name, threads, made, evaluate_only=True) for seed in seeds]
     if unmatched:
         raise TrilemmaError(f"--sampler: no model evaluated here has the method(s) {', '.join(sorted(unmatched))}")
     run_dir = RunDirectory(request.out_dir)

@@ -1,7 +1,8 @@
 """Run the cells of a run on Ray (``trilemma run ... --executor ray [--ray-address ADDR]``).
 
 Each cell is one Ray task asking for what it needs (a GPU when the run is on CUDA, else CPUs);
-the driver records each outcome as its task finishes. Checkpoints live in the run directory, so it
+the driver records each outcome as its task finishes. A student's task depends on its teacher's
+(the teacher's result is one of its arguments), so Ray schedules the graph itself. Checkpoints live in the run directory, so it
 must be on a filesystem every node sees; a task whose worker dies is retried by Ray (``max_retries``)
 and continues from its cell's last checkpoint. Without ``--ray-address`` a local Ray instance is started.
 Ray is an optional dependency (``pip install 'trilemma[ray]'``), imported only here, only when used.
@@ -43,7 +44,15 @@ class RayExecutor(Executor):
             on_gpu = job.settings.device.startswith("cuda")
             resources = {"num_gpus": 1} if on_gpu else {"num_cpus": job.settings.threads or 1}
             task = ray.remote(max_retries=int(job.options.get("retries", 2)), **resources)(run_cell_in_worker)
-            pending = {task.remote(cell, job.settings, environment): cell for cell in job.cells}
+            # A student's task takes its teacher's result as an argument: Ray starts it only once the
+            # teacher's task has finished (the cells come teachers first).
+            pending, refs = {}, {}
+            for cell in job.cells:
+                teacher = cell.teacher
+                after = [refs[(teacher.row_model, teacher.seed)]] if teacher is not None and \
+                    (teacher.row_model, teacher.seed) in refs else []
+                ref = task.remote(cell, job.settings, environment, *after)
+                pending[ref], refs[(cell.row_model, cell.seed)] = cell, ref
             job.log(f"ray: {len(pending)} cells submitted ({resources})")
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)

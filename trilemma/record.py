@@ -82,7 +82,8 @@ class Recorder:
 
     def _model_entry(self, name: str) -> dict[str, Any]:
         model = self.plan.models[name]
-        return {"distribution": str(model.provider), "registry_name": model.registry_name, "variant": model.variant,
+        teacher = {"teacher": model.teacher} if model.teacher else {}
+        return {**teacher, "distribution": str(model.provider), "registry_name": model.registry_name, "variant": model.variant,
                 "config": model.config.to_dict(), "config_hash": model.config.config_hash(),
                 "budget": {key: model.preset.budget.to_dict()[key]
                            for key in ("train_images", "train_steps", "train_pflop", "batch_size")},

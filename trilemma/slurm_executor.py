@@ -1,6 +1,8 @@
 """Run the cells of a run as Slurm jobs through submitit (``trilemma run ... --executor slurm``).
 
-One job per cell, submitted as a job array; partition, time limit, GPUs and CPUs are flags. The
+One job per cell, submitted as a job array; partition, time limit, GPUs and CPUs are flags. A
+student's job is submitted when its teacher's has finished (the driver waits anyway, to record
+each cell; a Slurm ``afterok`` dependency would leave a failed teacher's students pending forever). The
 driver waits, recording each cell as its job finishes; checkpoints live in the run directory (a
 shared filesystem), so a requeued job continues from its cell's last checkpoint, and a driver that
 dies is picked up by ``--resume``. ``--slurm-cluster local`` runs the same jobs as local processes
@@ -51,22 +53,35 @@ class SlurmExecutor(Executor):
             parameters["slurm_partition"] = options["partition"]
         executor.update_parameters(**parameters)
         environment = job.worker_environment()
-        cells = list(job.cells)
-        jobs = executor.map_array(run_cell_in_worker, cells, [job.settings] * len(cells), [environment] * len(cells))
-        job.log(f"slurm: {len(jobs)} cells submitted ({executor.cluster}, job {jobs[0].job_id if jobs else '-'})")
-        pending = dict(zip(jobs, cells, strict=True))
+        waiting, pending, finished = list(job.cells), {}, set()
+
+        def submit_ready() -> None:
+            """Submit the cells whose teachers have finished, as one job array."""
+            ready = [cell for cell in waiting if not job.waits_for_teacher(cell, finished)]
+            if not ready:
+                return
+            for cell in ready:
+                waiting.remove(cell)
+            jobs = executor.map_array(run_cell_in_worker, ready, [job.settings] * len(ready),
+                                      [environment] * len(ready))
+            job.log(f"slurm: {len(jobs)} cells submitted ({executor.cluster}, job {jobs[0].job_id if jobs else '-'})"
+                    + (f"; {len(waiting)} wait for their teachers" if waiting else ""))
+            pending.update(zip(jobs, ready, strict=True))
+
+        submit_ready()
         while pending:
-            finished = [submitted for submitted in pending if submitted.done()]
-            if not finished:
+            finished_jobs = [submitted for submitted in pending if submitted.done()]
+            if not finished_jobs:
                 time.sleep(1.0)
                 continue
-            for submitted in finished:
+            for submitted in finished_jobs:
                 cell = pending.pop(submitted)
+                finished.add((cell.row_model, cell.seed))
                 try:
                     yield submitted.result()
                 except Exception as exc:  # the job failed outside the cell's own fault handling
                     yield failed_outcome(cell, job, exc)
-
+            submit_ready()
 
 @hookimpl
 def register_executors(register: Callable[..., None]) -> None:

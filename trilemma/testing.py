@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -157,6 +157,9 @@ class ModelContract:
     channels: ClassVar[int | None] = None
     train_steps: ClassVar[int] = 3
     batch_size: ClassVar[int] = 8
+    #: For a student (a model with a ``teacher``): builds the teacher its contract trains with (an
+    #: untrained one will do; the contract checks the student, not what it learns).
+    teacher: ClassVar[Callable[[], GenerativeModel] | None] = None
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if "sampler_spec" in metafunc.fixturenames:
@@ -169,6 +172,8 @@ class ModelContract:
         torch.manual_seed(0)
         model = cls.model_class(cls.model_class.Config.from_dict(dict(cls.config)),
                                 channels=cls.channels or cls.model_class.data_channels[0])
+        if cls.teacher is not None:
+            model.attach_teacher(cls.teacher())
         check_training(model, steps=cls.train_steps, batch_size=cls.batch_size,
                        checkpoint=tmp_path_factory.mktemp("contract") / "model.pt")
         return model
