@@ -19,7 +19,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
-from trilemma_diffusion import QUICK_UNET, SMOKE_UNET, UNetConfig
+from trilemma_diffusion import QUICK_UNET, SMOKE_UNET, UNetConfig, integrate_ode
 
 import trilemma
 from trilemma.ema import EMA
@@ -78,18 +78,20 @@ class FlowMatching(trilemma.GenerativeModel):
     def _field(self, x: torch.Tensor, t: float) -> torch.Tensor:
         return self.ema(x, torch.full((len(x),), 1000 * t, device=x.device))
 
+    def transport(self, noise: torch.Tensor, *, steps: int, method: str = "euler") -> torch.Tensor:
+        """Carry ``noise`` (x_0 at t = 0) to t = 1 along the learned ODE, in the model's [−1, 1] scale,
+        unclamped: the teacher protocol a reflow student reads its (noise, sample) pairs from."""
+        return integrate_ode(self._field, noise, steps, method)
+
+    def flow_network(self) -> nn.Module:
+        """The velocity network samples are drawn with (the EMA weights): what a student starts from."""
+        return self.ema.average
+
     def integrate(self, n: int, generator: torch.Generator | None = None, *, steps: int,
                   method: str = "euler") -> torch.Tensor:
         """Integrate from noise at t = 0 to data at t = 1 in ``steps`` equal steps."""
         x = torch.randn(n, self.channels, 28, 28, generator=generator, device=self.device)
-        h = 1 / steps
-        for i in range(steps):
-            t = i * h
-            if method == "euler":
-                x = x + h * self._field(x, t)
-            else:  # explicit midpoint: x + h·v(x + h/2·v(x, t), t + h/2)
-                x = x + h * self._field(x + h / 2 * self._field(x, t), t + h / 2)
-        return ((x + 1) / 2).clamp(0, 1)
+        return ((self.transport(x, steps=steps, method=method) + 1) / 2).clamp(0, 1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.integrate(n, generator, steps=100)
