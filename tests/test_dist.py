@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 from helpers import cli_env, run_and_kill_first_worker, trilemma_cli
 
+# Columns that depend on time (speed_timed_on: which timing gave ms/sample depends on how long a batch took).
 TIMING = {"ms_per_sample", "samples_per_s", "latency_ms_batch1", "train_seconds", "train_images_per_s", "train_gflops",
           "utilisation", "compile_seconds", "peak_gflops", "sample_gflops", "parallel_cells",
-          "speed_timed_on"}  # which timing gave ms/sample depends on how long a batch took
+          "speed_timed_on", "teacher_train_seconds", "total_train_seconds"}
 
 
 def same_rows(a, b):
@@ -92,3 +93,27 @@ def test_resume_after_the_driver_is_killed_finishes_only_what_is_missing(site, t
     rows = pd.read_csv(results)
     assert sorted(rows["model"]) == ["tiny", "victim"] and (rows["status"] == "ok").all()
     assert rows.set_index("model").loc["victim", "train_steps"] == 8
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("executor", [["--executor", "ray"], ["--executor", "slurm", "--slurm-cluster", "local"]])
+def test_a_student_runs_after_its_teacher_on_any_executor_with_the_local_rows(tmp_path, executor):
+    """The graph on an engine: the student's task (Ray: a dependency on the teacher's; Slurm: submitted
+    when the teacher's job finished) reads its teacher's finished checkpoint; started at the same time
+    it would find none and fail."""
+    pytest.importorskip("ray" if "ray" in executor else "submitit")
+    from helpers import FAKES_SOURCE, write_installed_plugin
+    from test_teachers import STUDENTS_SOURCE
+
+    site = tmp_path / "site"
+    write_installed_plugin(site, "trilemma-fakes", "fakes", "trilemma_fakes", FAKES_SOURCE)
+    write_installed_plugin(site, "trilemma-students", "students", "trilemma_students", STUDENTS_SOURCE)
+    env = cli_env(site, allow="fakes,students")
+    args = ["run", "grand-student", "tiny-k3", "--preset", "smoke", "--no-progress"]
+    local = trilemma_cli(*args, "--jobs", "1", "--out", str(tmp_path / "local"), env=env, process=True)
+    assert local.returncode == 0, local.stderr
+    remote = trilemma_cli(*args, *executor, "--out", str(tmp_path / "remote"), env=env, timeout=900, process=True)
+    assert remote.returncode == 0, remote.stderr + remote.stdout
+    same_rows(tmp_path / "local" / "results.csv", tmp_path / "remote" / "results.csv")
+    order = [line.split(":")[0] for line in remote.stdout.splitlines() if ": recorded (" in line]
+    assert order.index("tiny seed 0") < order.index("student seed 0") < order.index("grand-student seed 0")

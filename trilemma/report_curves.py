@@ -68,7 +68,10 @@ def curves_section(curves: pd.DataFrame, frame: pd.DataFrame, plots_dir: Path) -
         return None
     curves = curves.copy()
     per_step = frame.groupby("model")["train_gflop_per_step"].mean() if "train_gflop_per_step" in frame else {}
-    curves["train_pflop"] = [step * per_step.get(model, math.nan) / 1e6
+    # A student's compute starts where its teacher's training ended: the teacher's PFLOP are counted.
+    teachers = (frame.groupby("model")["teacher_train_pflop"].mean().fillna(0.0)
+                if "teacher_train_pflop" in frame else {})
+    curves["train_pflop"] = [teachers.get(model, 0.0) + step * per_step.get(model, math.nan) / 1e6
                              for model, step in zip(curves["model"], curves["step"], strict=True)]
     pivot = (curves.groupby(["model", "sampler", "fraction"])[metric].mean().unstack("fraction")
              .sort_index(axis=1))
@@ -94,7 +97,8 @@ def curves_section(curves: pd.DataFrame, frame: pd.DataFrame, plots_dir: Path) -
         f"{title} against training images": lambda path: plots.learning_curves(
             curves, "images_seen", metric, "training images (log)", title, path),
         f"{title} against training compute": lambda path: plots.learning_curves(
-            curves, "train_pflop", metric, "training PFLOP (log; counted FLOPs per step × steps)", title, path),
+            curves, "train_pflop", metric, "training PFLOP (log; counted FLOPs per step × steps, a student's "
+            "teachers' included)", title, path),
     }
     if "recognised_share" in curves:
         figures["Recognised share against training images"] = lambda path: plots.learning_curves(
