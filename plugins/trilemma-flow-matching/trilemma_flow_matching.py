@@ -78,6 +78,11 @@ class FlowMatching(trilemma.GenerativeModel):
     def _field(self, x: torch.Tensor, t: float) -> torch.Tensor:
         return self.ema(x, torch.full((len(x),), 1000 * t, device=x.device))
 
+    def velocity_at(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The learned velocity (EMA weights) at ``x`` and per-sample times ``t`` in [0, 1]: the teacher
+        protocol a consistency-distillation student takes its ODE steps with."""
+        return self.ema(x, 1000 * t)
+
     def transport(self, noise: torch.Tensor, *, steps: int, method: str = "euler") -> torch.Tensor:
         """Carry ``noise`` (x_0 at t = 0) to t = 1 along the learned ODE, in the model's [−1, 1] scale,
         unclamped: the teacher protocol a reflow student reads its (noise, sample) pairs from."""
