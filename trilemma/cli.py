@@ -234,7 +234,11 @@ def cmd_list(registries: Registries, check: bool = False) -> int:
           "NFE counted by hooks / implied by FLOPs, GFLOP per sample):" if check
           else "models (with their smoke samplers; `trilemma list --check` counts their NFE):")
     for entry in registries.models.entries():
-        print(f"  {entry.name:<22} {entry.provider}")
+        try:
+            teacher = entry.item.teacher_name(entry.item.Config())
+        except Exception:  # noqa: BLE001 - a plugin's fault shows when it runs
+            teacher = ""
+        print(f"  {entry.name:<22} {entry.provider}" + (f"   (learns from {teacher})" if teacher else ""))
         if not check:
             try:
                 shown = ", ".join(str(spec) for spec in entry.item.sampler_specs("smoke"))
