@@ -82,6 +82,12 @@ STUDENTS_SOURCE = textwrap.dedent('''
             teacher: str = "student"
 
 
+    class WideStudent(Student):
+        """Learns from a variant of tiny that only it asks for."""
+        name = "wide-student"
+        teacher_config = {"hidden": 16}
+
+
     class Ouroboros(Student):
         name = "ouroboros"
 
@@ -92,7 +98,7 @@ STUDENTS_SOURCE = textwrap.dedent('''
 
     @trilemma.hookimpl
     def register_models(register):
-        for cls in (Student, GrandStudent, Ouroboros):
+        for cls in (Student, GrandStudent, WideStudent, Ouroboros):
             register(cls)
 ''')
 
@@ -137,6 +143,16 @@ def test_a_students_teacher_is_planned_first_and_is_part_of_its_identity(registr
     student = next(cell for cell in changed.cells if cell.model == "student")
     assert student.teacher.config["hidden"] == 16
     assert student.identity_hash != next(c for c in plan.cells if c.model == "student").identity_hash
+
+
+def test_a_teacher_config_makes_the_teacher_a_variant_that_a_sweep_of_the_run_shares(registries, tmp_path):
+    plan = plan_run(request(tmp_path, "wide-student", "tiny"), registries)
+    assert [cell.row_model for cell in plan.cells] == ["tiny[hidden=16]", "wide-student", "tiny"]
+    teacher = plan.cells[1].teacher
+    assert teacher.variant == "hidden=16" and teacher.config["hidden"] == 16
+    swept = plan_run(request(tmp_path, "wide-student", "tiny", sweeps={"tiny": {"hidden": ["8", "16"]}}), registries)
+    assert [cell.row_model for cell in swept.cells] == ["tiny[hidden=16]", "wide-student", "tiny[hidden=8]"]
+    assert swept.cells[1].teacher == swept.cells[0]
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -123,6 +123,9 @@ class GenerativeModel(nn.Module):
     #: reused by identity; the student receives it, trained and frozen, through ``teacher_model``. A
     #: config field named ``teacher`` overrides this per run (``--set student.teacher=NAME``).
     teacher: ClassVar[str] = ""
+    #: Config values the teacher's cell trains with over its preset's (``{"objective": "v"}``): they make
+    #: it a variant of the teacher model, reported as ``teacher[objective=v]``, as ``--sweep`` names one.
+    teacher_config: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: ModelConfig | None = None, channels: int = 1) -> None:
         super().__init__()
@@ -220,6 +223,9 @@ class GenerativeModel(nn.Module):
             specs(cls.samplers)
         except TrilemmaError as exc:
             return f"samplers: {exc}"
+        if not isinstance(cls.teacher, str) or not isinstance(cls.teacher_config, Mapping):
+            return (f"teacher must be a model name and teacher_config a dict of config values, got "
+                    f"{cls.teacher!r} and {type(cls.teacher_config).__name__}")
         return None
 
     def sampling_networks(self) -> list[nn.Module]:

@@ -227,9 +227,10 @@ def _model_preset(cls: type, name: str, base: Preset, request: RunRequest) -> Pr
 
 def add_teachers(models: dict[str, ModelPlan], registries: Registries, base: Preset, request: RunRequest,
                  dataset: Dataset, precision: str) -> dict[str, ModelPlan]:
-    """Link every student to its teacher's plan: the run's own plan of the teacher model (unswept) when
-    the run has one, else one added for it with the teacher's preset config and the run's budget
-    rules (its rows are reported like any other). A teacher that is not installed, cannot train on the
+    """Link every student to its teacher's plan: the run's own plan of the teacher model (the variant
+    its ``teacher_config`` names, unswept when it names none) when the run has one, else one added for
+    it with the teacher's preset config, those values over it, and the run's budget rules (its rows
+    are reported like any other). A teacher that is not installed, cannot train on the
     dataset, or closes a cycle is refused before any work."""
     models = dict(models)
     resolved: dict[str, str] = {}  # student row model -> teacher row model
@@ -239,12 +240,15 @@ def add_teachers(models: dict[str, ModelPlan], registries: Registries, base: Pre
         cls = registries.models[plan.registry_name]
         try:
             name = cls.teacher_name(plan.config)
+            changes = {key: str(value) for key, value in cls.teacher_config.items()} if name else {}
         except Exception as exc:  # noqa: BLE001 - a plugin's fault, said in one line
             raise TrilemmaError(f"model {row_model!r}: cannot say its teacher: {type(exc).__name__}: {exc}") from exc
         if not name:
             return ""
-        if name in chain or name == plan.registry_name:
-            raise TrilemmaError(f"model {row_model!r}: its teachers form a cycle: {' → '.join([*chain, name])}")
+        label = ",".join(f"{key}={value}" for key, value in changes.items())
+        teacher_row = f"{name}[{label}]" if label else name
+        if teacher_row in chain or name == plan.registry_name:
+            raise TrilemmaError(f"model {row_model!r}: its teachers form a cycle: {' → '.join([*chain, teacher_row])}")
         if name not in registries.models:
             raise TrilemmaError(f"model {row_model!r} learns from {name!r}, which is not installed"
                                 f"{did_you_mean([name], registries.models.names())}; "
@@ -252,10 +256,10 @@ def add_teachers(models: dict[str, ModelPlan], registries: Registries, base: Pre
         teacher_cls = registries.models[name]
         if dataset.channels not in teacher_cls.data_channels:
             raise TrilemmaError(f"model {row_model!r}: its teacher {name!r} cannot train on {dataset.name}")
-        if name not in models:
+        if teacher_row not in models:
             try:
                 preset = _model_preset(teacher_cls, name, base, request)
-                config = resolve_config(teacher_cls, base.name, {})
+                config = resolve_config(teacher_cls, base.name, changes)
             except TrilemmaError:
                 raise
             except Exception as exc:  # a plugin's malformed presets or Config
@@ -264,11 +268,11 @@ def add_teachers(models: dict[str, ModelPlan], registries: Registries, base: Pre
             model_precision = precision if precision in teacher_cls.precisions else "fp32"
             instance = _instance(teacher_cls, config, dataset.channels)
             samplers = choose_samplers(teacher_cls, instance, base.name, [name], {})
-            models[name] = ModelPlan(config, preset, registries.models.provider(name), model_precision, name, "",
-                                     samplers)
-        if name not in resolved:
-            resolved[name] = teacher_of(name, (*chain, name))
-        return name
+            models[teacher_row] = ModelPlan(config, preset, registries.models.provider(name), model_precision, name,
+                                            label, samplers)
+        if teacher_row not in resolved:
+            resolved[teacher_row] = teacher_of(teacher_row, (*chain, teacher_row))
+        return teacher_row
 
     for row_model in list(models):
         if row_model not in resolved:

@@ -125,6 +125,10 @@ class DDPM(trilemma.GenerativeModel):
 
         return predict
 
+    def denoiser_network(self) -> nn.Module:
+        """The network samples are drawn with (the EMA weights): what a distilled student starts from."""
+        return self.ema.average
+
     def _run(self, sampler, n: int, generator: torch.Generator | None, clip: bool, **kwargs) -> torch.Tensor:
         x = sampler(self.diffusion, self.predictor(clip), (n, self.channels, 28, 28), generator, self.device, **kwargs)
         return ((x + 1) / 2).clamp(0, 1)
