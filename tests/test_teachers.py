@@ -88,6 +88,14 @@ STUDENTS_SOURCE = textwrap.dedent('''
         teacher_config = {"hidden": 16}
 
 
+    class PeekingStudent(Student):
+        """Samples with its teacher's help, which would hide the teacher's work from its row."""
+        name = "peeking-student"
+
+        def sample(self, n, generator=None):
+            return self.teacher_model.sample(n, generator)
+
+
     class Ouroboros(Student):
         name = "ouroboros"
 
@@ -98,7 +106,7 @@ STUDENTS_SOURCE = textwrap.dedent('''
 
     @trilemma.hookimpl
     def register_models(register):
-        for cls in (Student, GrandStudent, WideStudent, Ouroboros):
+        for cls in (Student, GrandStudent, WideStudent, PeekingStudent, Ouroboros):
             register(cls)
 ''')
 
@@ -208,6 +216,16 @@ def test_a_failed_teacher_fails_its_students_with_the_reason_and_the_rest_goes_o
     assert rows.loc["tiny", "status"] == "failed" and (rows.loc["tiny-steps", "status"] == "ok").all()
     assert rows.loc["student", "status"] == "failed"
     assert "its teacher tiny seed 0 has no finished checkpoint" in rows.loc["student", "error"]
+
+
+def test_a_student_samples_without_its_teacher(registries, tmp_path):
+    """The teacher is there in training only: a student that would sample through it (its teacher's
+    network calls and time would be in its row, uncounted) fails its rows instead."""
+    run(request(tmp_path, "peeking-student", curves=(0.5,)), registries, log=lambda _: None)
+    rows = pd.read_csv(tmp_path / "run" / "results.csv").set_index("model")
+    assert rows.loc["tiny", "status"] == "ok"
+    assert rows.loc["peeking-student", "status"] == "failed"
+    assert "no teacher attached" in rows.loc["peeking-student", "error"]
 
 
 def test_resume_reuses_a_finished_teacher_by_identity_and_eval_rebuilds_the_graph(registries, tmp_path):

@@ -192,9 +192,15 @@ def _curve(cell: Cell, preset: Preset, settings: ExecutionSettings, model: Gener
         started = time.perf_counter()
         fraction = step / preset.steps
         log(f"{cell.label}: learning curve at {fraction:.0%} of the budget ({step:,} step{'s' if step != 1 else ''})")
-        curves.record(evaluate_point(evaluate, samplers, names, key, step, fraction, preset.batch_size, preset,
-                                     lambda name, at: run_dir.curve_grid(cell.row_model, name, cell.seed, at), log,
-                                     drawn))
+        teacher = model.__dict__.get("_teacher_model")
+        model.detach_teacher()  # a student's curve samples are its own too
+        try:
+            curves.record(evaluate_point(evaluate, samplers, names, key, step, fraction, preset.batch_size, preset,
+                                         lambda name, at: run_dir.curve_grid(cell.row_model, name, cell.seed, at),
+                                         log, drawn))
+        finally:
+            if teacher is not None:  # back for the rest of training (the base method: no plugin's set-up again)
+                GenerativeModel.attach_teacher(model, teacher)
         base["seconds_curves"] = base.get("seconds_curves", 0.0) + time.perf_counter() - started
 
     return point
@@ -287,6 +293,7 @@ def _execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registrie
             pauses = {step: curve for step in curve_points(budget.steps, preset.curve_fractions)} if curve else None
             result = train(model, images, budget, seed=cell.seed, checkpoint=checkpoint, progress=settings.progress,
                            desc=cell.label, log=log, identity=cell.identity, pauses=pauses)
+        model.detach_teacher()  # the samplers are evaluated on the student alone
         base.update(_train_columns(result, budget, result.flops_per_step, peak))
         unknown = math.nan if cell.teacher is not None else 0.0  # a teacher whose cost could not be read
         base["total_train_pflop"] = base["train_pflop"] + base.get("teacher_train_pflop", unknown)

@@ -147,11 +147,13 @@ class GenerativeModel(nn.Module):
     @property
     def teacher_model(self) -> GenerativeModel:
         """The trained teacher (frozen, in eval mode, on this model's device), for a student whose
-        ``teacher`` is set; the harness attaches it before training. Not a submodule: its weights are
-        never in the student's parameters, checkpoint or sampling networks."""
+        ``teacher`` is set, during training only: the harness attaches it before training and detaches
+        it before any sampler is evaluated. Not a submodule: its weights are never in the student's
+        parameters, checkpoint or sampling networks."""
         teacher = self.__dict__.get("_teacher_model")
         if teacher is None:
-            raise TrilemmaError(f"model {self.name!r} has no teacher attached (its `teacher` is {self.teacher!r})")
+            raise TrilemmaError(f"model {self.name!r} has no teacher attached (a teacher is there in training only; "
+                                f"its `teacher` is {self.teacher!r})")
         return teacher
 
     def attach_teacher(self, teacher: GenerativeModel) -> None:
@@ -159,6 +161,11 @@ class GenerativeModel(nn.Module):
         teacher.eval()
         teacher.requires_grad_(False)
         self.__dict__["_teacher_model"] = teacher
+
+    def detach_teacher(self) -> None:
+        """Let the teacher go (the harness does once training ends): a student samples on its own, so
+        its samplers' NFE, FLOPs and time are its own."""
+        self.__dict__.pop("_teacher_model", None)
 
     # --- training -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
