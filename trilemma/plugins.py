@@ -46,7 +46,8 @@ BUILTIN_MODULES = (
 #: the repository.
 FIRST_PARTY_DISTRIBUTIONS = frozenset({"trilemma-vae", "trilemma-dcgan", "trilemma-ddpm", "trilemma-ddgan",
                                        "trilemma-flow-matching", "trilemma-flow", "trilemma-cld",
-                                       "trilemma-lsgm"})
+                                       "trilemma-lsgm", "trilemma-reflow", "trilemma-consistency",
+                                       "trilemma-progressive-distillation"})
 
 
 @dataclass(frozen=True)
