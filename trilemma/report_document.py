@@ -330,6 +330,8 @@ def run_document(out: RunDirectory, title: str, frame: pd.DataFrame, summary: pd
 
     columns = columns_of(manifests)
     curves = curves if curves is not None else pd.DataFrame()
+    if not curves.empty and "model" in frame:  # a cell stopped before its rows (killed, say) has no row to mark
+        curves = curves[curves["model"].isin(set(frame["model"]))]
     sections = metric_sections(frame, manifests)
     for section in (curves_section(curves, frame, out.plots_dir) if not curves.empty else None, time_section(frame)):
         if section is not None:
