@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from trilemma_diffusion import QUICK_UNET, SMOKE_UNET, UNetConfig
+from trilemma_diffusion import QUICK_UNET, SMOKE_UNET, UNetConfig, start_from_teacher
 
 import trilemma
 from trilemma.ema import EMA
@@ -95,15 +95,8 @@ class Consistency(trilemma.GenerativeModel):
                             "needs a flow teacher such as flow-matching")
         super().attach_teacher(teacher)
         if self.config.init_from_teacher:
-            try:
-                state = teacher.flow_network().state_dict()  # type: ignore[attr-defined]
-                for network in (self.network, self.ema.average, self.target):
-                    if network is not None:
-                        network.load_state_dict(state)
-            except (AttributeError, RuntimeError) as exc:
-                raise TypeError(f"{self.name} cannot start from {name!r}'s weights ({type(exc).__name__}: "
-                                f"{str(exc)[:200]}); give it the teacher's U-Net settings, or init_from_teacher=false"
-                                ) from exc
+            start_from_teacher(lambda: teacher.flow_network(),  # type: ignore[attr-defined]
+                               (self.network, self.ema.average, self.target), self.name, name)
 
     @property
     def distilled(self) -> bool:

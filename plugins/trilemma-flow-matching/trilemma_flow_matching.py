@@ -12,14 +12,11 @@ schedule to tune.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from trilemma_diffusion import QUICK_UNET, SMOKE_UNET, UNetConfig, integrate_ode
+from trilemma_diffusion import QUICK_UNET, SMOKE_UNET, FlowSampling, UNetConfig
 
 import trilemma
 from trilemma.ema import EMA
@@ -32,8 +29,8 @@ class FlowMatchingConfig(UNetConfig, trilemma.ModelConfig):
     ema_decay: float = 0.999
 
 
-class FlowMatching(trilemma.GenerativeModel):
-    """A velocity field trained by flow matching, sampled by integrating its ODE."""
+class FlowMatching(FlowSampling, trilemma.GenerativeModel):
+    """A velocity field trained by flow matching, sampled by integrating its ODE (``FlowSampling``)."""
 
     name = "flow-matching"
     Config = FlowMatchingConfig
@@ -75,37 +72,8 @@ class FlowMatching(trilemma.GenerativeModel):
         self.ema.update(self.velocity)
         return {"loss": loss}
 
-    def _field(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        return self.ema(x, torch.full((len(x),), 1000 * t, device=x.device))
-
-    def velocity_at(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The learned velocity (EMA weights) at ``x`` and per-sample times ``t`` in [0, 1]: the teacher
-        protocol a consistency-distillation student takes its ODE steps with."""
-        return self.ema(x, 1000 * t)
-
-    def transport(self, noise: torch.Tensor, *, steps: int, method: str = "euler") -> torch.Tensor:
-        """Carry ``noise`` (x_0 at t = 0) to t = 1 along the learned ODE, in the model's [−1, 1] scale,
-        unclamped: the teacher protocol a reflow student reads its (noise, sample) pairs from."""
-        return integrate_ode(self._field, noise, steps, method)
-
-    def flow_network(self) -> nn.Module:
-        """The velocity network samples are drawn with (the EMA weights): what a student starts from."""
-        return self.ema.average
-
-    def integrate(self, n: int, generator: torch.Generator | None = None, *, steps: int,
-                  method: str = "euler") -> torch.Tensor:
-        """Integrate from noise at t = 0 to data at t = 1 in ``steps`` equal steps."""
-        x = torch.randn(n, self.channels, 28, 28, generator=generator, device=self.device)
-        return ((self.transport(x, steps=steps, method=method) + 1) / 2).clamp(0, 1)
-
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.integrate(n, generator, steps=100)
-
-    def sampler_methods(self) -> dict[str, Callable[..., torch.Tensor]]:
-        return {method: partial(self.integrate, method=method) for method in ("euler", "midpoint")}
-
-    def sampling_networks(self) -> list[nn.Module]:
-        return [self.ema]
 
 
 @trilemma.hookimpl

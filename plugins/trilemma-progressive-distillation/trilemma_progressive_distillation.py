@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from trilemma_diffusion import QUICK_UNET, SCHEDULES, SMOKE_UNET, GaussianDiffusion, UNetConfig
+from trilemma_diffusion import QUICK_UNET, SCHEDULES, SMOKE_UNET, GaussianDiffusion, UNetConfig, start_from_teacher
 from trilemma_diffusion import samplers as sampling
 
 import trilemma
@@ -109,14 +109,8 @@ class ProgressiveDistillation(trilemma.GenerativeModel):
                             f"teacher {name!r}'s; set timesteps and schedule to the teacher's")
         super().attach_teacher(teacher)
         if self.config.init_from_teacher:
-            try:
-                state = teacher.denoiser_network().state_dict()  # type: ignore[attr-defined]
-                for network in (self.network, self.ema.average, self.round_teacher):
-                    network.load_state_dict(state)
-            except (AttributeError, RuntimeError) as exc:
-                raise TypeError(f"{self.name} cannot start from {name!r}'s weights ({type(exc).__name__}: "
-                                f"{str(exc)[:200]}); give it the teacher's U-Net settings, or init_from_teacher=false"
-                                ) from exc
+            start_from_teacher(lambda: teacher.denoiser_network(),  # type: ignore[attr-defined]
+                               (self.network, self.ema.average, self.round_teacher), self.name, name)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"adam": torch.optim.Adam(self.network.parameters(), lr=self.config.lr)}

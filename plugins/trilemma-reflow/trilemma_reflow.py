@@ -22,14 +22,11 @@ method=)`` carrying x_0 at t = 0 to t = 1 in the [−1, 1] scale, and, to start 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from trilemma_diffusion import QUICK_UNET, SMOKE_UNET, UNetConfig, integrate_ode
+from trilemma_diffusion import QUICK_UNET, SMOKE_UNET, FlowSampling, UNetConfig, start_from_teacher
 
 import trilemma
 from trilemma.ema import EMA
@@ -45,7 +42,7 @@ class ReflowConfig(UNetConfig, trilemma.ModelConfig):
     ema_decay: float = 0.999
 
 
-class Reflow(trilemma.GenerativeModel):
+class Reflow(FlowSampling, trilemma.GenerativeModel):
     """A velocity field fitted to the straight lines between a flow teacher's noise and samples."""
 
     name = "reflow"
@@ -77,14 +74,8 @@ class Reflow(trilemma.GenerativeModel):
                             "reflow needs a flow teacher such as flow-matching")
         super().attach_teacher(teacher)
         if self.config.init_from_teacher:
-            try:
-                state = teacher.flow_network().state_dict()  # type: ignore[attr-defined]
-                self.velocity.load_state_dict(state)
-                self.ema.average.load_state_dict(state)
-            except (AttributeError, RuntimeError) as exc:
-                raise TypeError(f"reflow cannot start from {name!r}'s weights ({type(exc).__name__}: "
-                                f"{str(exc)[:200]}); give it the teacher's U-Net settings, or init_from_teacher=false"
-                                ) from exc
+            start_from_teacher(lambda: teacher.flow_network(), (self.velocity, self.ema.average),  # type: ignore[attr-defined]
+                               self.name, name)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"adam": torch.optim.Adam(self.velocity.parameters(), lr=self.config.lr)}
@@ -110,23 +101,8 @@ class Reflow(trilemma.GenerativeModel):
         self.ema.update(self.velocity)
         return {"loss": loss}
 
-    def _field(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        return self.ema(x, torch.full((len(x),), 1000 * t, device=x.device))
-
-    def integrate(self, n: int, generator: torch.Generator | None = None, *, steps: int,
-                  method: str = "euler") -> torch.Tensor:
-        """Noise at t = 0 carried to t = 1 in ``steps`` equal steps."""
-        x = torch.randn(n, self.channels, 28, 28, generator=generator, device=self.device)
-        return ((integrate_ode(self._field, x, steps, method) + 1) / 2).clamp(0, 1)
-
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.integrate(n, generator, steps=2)
-
-    def sampler_methods(self) -> dict[str, Callable[..., torch.Tensor]]:
-        return {method: partial(self.integrate, method=method) for method in ("euler", "midpoint")}
-
-    def sampling_networks(self) -> list[nn.Module]:
-        return [self.ema]
 
 
 @trilemma.hookimpl

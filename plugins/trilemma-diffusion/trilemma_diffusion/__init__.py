@@ -3,6 +3,7 @@ flow matching, reflow, latent diffusion): schedules, the Gaussian diffusion math
 steppers and the U-Net.
 A library, not a plugin: it has no entry point and registers no model."""
 
+from trilemma_diffusion.flow import FlowSampling, start_from_teacher
 from trilemma_diffusion.gaussian import GaussianDiffusion, Objective, Weighting, discretized_gaussian_log_likelihood
 from trilemma_diffusion.ode import integrate_ode
 from trilemma_diffusion.schedules import SCHEDULES, cosine_betas, linear_betas, quadratic_betas, sigmoid_betas
@@ -13,6 +14,7 @@ __all__ = [
     "QUICK_UNET",
     "SCHEDULES",
     "SMOKE_UNET",
+    "FlowSampling",
     "GaussianDiffusion",
     "Objective",
     "UNet",
@@ -26,4 +28,5 @@ __all__ = [
     "quadratic_betas",
     "sigmoid_betas",
     "sinusoidal_embedding",
+    "start_from_teacher",
 ]
