@@ -135,7 +135,7 @@ def trained_teacher(teacher: Cell, settings: ExecutionSettings, registries: Regi
     cls = registries.models[teacher.model]
     model = cls(cls.Config.from_dict(teacher.config), channels=dataset.channels).to(images.device)
     pflop, seconds = 0.0, 0.0
-    if teacher.teacher is not None:
+    if teacher.teacher is not None:  # attached, as it trained: a PFLOP budget's steps are counted on its real step
         ancestor, pflop, seconds = trained_teacher(teacher.teacher, settings, registries, dataset, images)
         model.attach_teacher(ancestor)
     _, budget = cell_budget(teacher, model, images)

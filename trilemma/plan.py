@@ -225,6 +225,29 @@ def _model_preset(cls: type, name: str, base: Preset, request: RunRequest) -> Pr
     return preset
 
 
+def _resolve(cls: type, name: str, role: str, base: Preset, request: RunRequest, provider: Provider,
+             variants: Sequence[tuple[str, dict[str, str]]]) -> tuple[Preset, list[tuple[str, ModelConfig]]]:
+    """A model's preset and its config for each ``(label, changes)`` variant; a plugin's malformed
+    presets or Config become one line naming the plugin (``role``: "model" or "teacher")."""
+    try:
+        preset = _model_preset(cls, name, base, request)
+        return preset, [(label, resolve_config(cls, base.name, changes)) for label, changes in variants]
+    except TrilemmaError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's fault, said in one line
+        raise TrilemmaError(f"{role} {name!r} ({provider}): cannot resolve its {base.name} preset: "
+                            f"{type(exc).__name__}: {exc}") from exc
+
+
+def _model_plan(cls: type, name: str, label: str, config: ModelConfig, preset: Preset, provider: Provider,
+                precision: str, instance: Any, given_samplers: dict[str, list[str]]) -> ModelPlan:
+    """The plan of one model variant: its precision where the model supports the run's, and its samplers
+    (checked against ``instance``, the model built on the CPU, or None where the plugin cannot build)."""
+    samplers = choose_samplers(cls, instance, preset.name, [name], given_samplers)
+    return ModelPlan(config, preset, provider, precision if precision in cls.precisions else "fp32", name, label,
+                     samplers)
+
+
 def add_teachers(models: dict[str, ModelPlan], registries: Registries, base: Preset, request: RunRequest,
                  dataset: Dataset, precision: str) -> dict[str, ModelPlan]:
     """Link every student to its teacher's plan: the run's own plan of the teacher model (the variant
@@ -257,19 +280,10 @@ def add_teachers(models: dict[str, ModelPlan], registries: Registries, base: Pre
         if dataset.channels not in teacher_cls.data_channels:
             raise TrilemmaError(f"model {row_model!r}: its teacher {name!r} cannot train on {dataset.name}")
         if teacher_row not in models:
-            try:
-                preset = _model_preset(teacher_cls, name, base, request)
-                config = resolve_config(teacher_cls, base.name, changes)
-            except TrilemmaError:
-                raise
-            except Exception as exc:  # a plugin's malformed presets or Config
-                raise TrilemmaError(f"teacher {name!r} ({registries.models.provider(name)}): cannot resolve its "
-                                    f"{base.name} preset: {type(exc).__name__}: {exc}") from exc
-            model_precision = precision if precision in teacher_cls.precisions else "fp32"
-            instance = _instance(teacher_cls, config, dataset.channels)
-            samplers = choose_samplers(teacher_cls, instance, base.name, [name], {})
-            models[teacher_row] = ModelPlan(config, preset, registries.models.provider(name), model_precision, name,
-                                            label, samplers)
+            provider = registries.models.provider(name)
+            preset, [(_, config)] = _resolve(teacher_cls, name, "teacher", base, request, provider, [(label, changes)])
+            models[teacher_row] = _model_plan(teacher_cls, name, label, config, preset, provider, precision,
+                                              _instance(teacher_cls, config, dataset.channels), {})
         if teacher_row not in resolved:
             resolved[teacher_row] = teacher_of(teacher_row, (*chain, teacher_row))
         return teacher_row
@@ -335,26 +349,17 @@ def plan_run(request: RunRequest, registries: Registries) -> Plan:
         cls = registries.models[name]
         if dataset.channels not in cls.data_channels:
             raise TrilemmaError(f"model {name!r} cannot train on {dataset.name} ({dataset.channels} channels)")
-        try:
-            preset = _model_preset(cls, name, base, request)
-            variants = [(label, {**request.overrides.get(name, {}), **changes})
-                        for label, changes in sweep_variants(request.sweeps.get(name, {}))]
-            configs = [(label, resolve_config(cls, base.name, overrides)) for label, overrides in variants]
-        except TrilemmaError:
-            raise
-        except Exception as exc:  # a plugin's malformed presets or Config
-            raise TrilemmaError(f"model {name!r} ({registries.models.provider(name)}): cannot resolve its "
-                                f"{base.name} preset: {type(exc).__name__}: {exc}") from exc
-        model_precision = precision if precision in cls.precisions else "fp32"
+        provider = registries.models.provider(name)
+        variants = [(label, {**request.overrides.get(name, {}), **changes})
+                    for label, changes in sweep_variants(request.sweeps.get(name, {}))]
+        preset, configs = _resolve(cls, name, "model", base, request, provider, variants)
         for label, config in configs:
             instance = _instance(cls, config, dataset.channels)
             methods = _methods(instance)
             unmatched -= set(methods or ())
             all_built = all_built and methods is not None
-            samplers = choose_samplers(cls, instance, base.name, [name], request.samplers)
-            row_model = f"{name}[{label}]" if label else name
-            models[row_model] = ModelPlan(config, preset, registries.models.provider(name), model_precision, name, label,
-                                          samplers)
+            models[f"{name}[{label}]" if label else name] = _model_plan(cls, name, label, config, preset, provider,
+                                                                        precision, instance, request.samplers)
     if unmatched and all_built:
         raise TrilemmaError(f"--sampler: no model in this run has the method(s) {', '.join(sorted(unmatched))}")
     models = add_teachers(models, registries, base, request, dataset, precision)
