@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from trilemma_diffusion import QUICK_UNET, SMOKE_UNET, FlowSampling, UNetConfig
 
 import trilemma
@@ -64,13 +63,7 @@ class FlowMatching(FlowSampling, trilemma.GenerativeModel):
         tt = t.view(-1, 1, 1, 1)
         shrink = 1 - self.config.sigma_min
         x_t = (1 - shrink * tt) * x0 + tt * x1
-        loss = F.mse_loss(self.velocity(x_t, 1000 * t).float(), (x1 - shrink * x0).float())
-        optimizer = self.optimizers["adam"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        self.ema.update(self.velocity)
-        return {"loss": loss}
+        return self.regress_velocity(x_t, t, x1 - shrink * x0)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.integrate(n, generator, steps=100)

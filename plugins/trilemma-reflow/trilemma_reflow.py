@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from trilemma_diffusion import QUICK_UNET, SMOKE_UNET, FlowSampling, UNetConfig, start_from_teacher
 
 import trilemma
@@ -93,13 +92,7 @@ class Reflow(FlowSampling, trilemma.GenerativeModel):
         t = torch.rand(len(batch), device=batch.device)
         tt = t.view(-1, 1, 1, 1)
         x_t = tt * z1 + (1 - tt) * z0
-        loss = F.mse_loss(self.velocity(x_t, 1000 * t).float(), z1 - z0)
-        optimizer = self.optimizers["adam"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        self.ema.update(self.velocity)
-        return {"loss": loss}
+        return self.regress_velocity(x_t, t, z1 - z0)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.integrate(n, generator, steps=2)

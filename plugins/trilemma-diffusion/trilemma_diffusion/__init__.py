@@ -9,7 +9,7 @@ from trilemma_diffusion.ode import integrate_ode
 from trilemma_diffusion.schedules import SCHEDULES, cosine_betas, linear_betas, quadratic_betas, sigmoid_betas
 from trilemma_diffusion.unet import QUICK_UNET, SMOKE_UNET, UNet, UNetConfig, norm, sinusoidal_embedding
 
-__version__ = "0.2.1"
+__version__ = "0.2.2"
 __all__ = [
     "QUICK_UNET",
     "SCHEDULES",

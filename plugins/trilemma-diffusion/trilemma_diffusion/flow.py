@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from trilemma_diffusion.ode import METHODS, integrate_ode
@@ -15,7 +16,8 @@ class FlowSampling:
     """Samplers of a model whose EMA network ``self.ema`` is a velocity field v(x, 1000·t) on the
     path from noise (t = 0) to data (t = 1): ``euler:steps=k`` (k NFE) and ``midpoint:steps=k``
     (2k), and ``transport``/``velocity_at``/``flow_network``, the protocol a student reads its
-    teacher through. Mix in before ``trilemma.GenerativeModel``."""
+    teacher through; ``regress_velocity`` trains ``self.velocity`` towards a target velocity.
+    Mix in before ``trilemma.GenerativeModel``."""
 
     ema: nn.Module
     channels: int
@@ -44,6 +46,19 @@ class FlowSampling:
 
     def sampler_methods(self) -> dict[str, Callable[..., torch.Tensor]]:
         return {method: partial(self.integrate, method=method) for method in METHODS}
+
+    def regress_velocity(self, x_t: torch.Tensor, t: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One training step of the regression both flow losses are (Lipman et al. 2023, eq. 23;
+        Liu et al. 2023, eq. 1): MSE of ``self.velocity`` at (``x_t``, per-sample ``t``) against
+        ``target``, an Adam step of ``self.optimizers["adam"]``, then the EMA."""
+        velocity: nn.Module = self.velocity  # type: ignore[attr-defined]
+        loss = F.mse_loss(velocity(x_t, 1000 * t).float(), target.float())
+        optimizer = self.optimizers["adam"]  # type: ignore[attr-defined]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        self.ema.update(velocity)  # type: ignore[operator]
+        return {"loss": loss}
 
     def sampling_networks(self) -> list[nn.Module]:
         return [self.ema]
