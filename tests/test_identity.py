@@ -254,3 +254,17 @@ def test_a_metric_cannot_fill_the_identity_columns(fake_registries):
     registries = collect(get_plugin_manager({"forger": Plugin()}))
     assert "forger" not in registries.metrics
     assert any("identity" in str(conflict) for conflict in registries.conflicts())
+
+
+def test_the_manifest_lists_the_versions_of_every_command_that_wrote_rows(fake_registries, tmp_path, monkeypatch):
+    import trilemma.record as record
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(record, "library_versions", lambda extra=(): {"torch": "2.0", "trilemma-a": "0.1"})
+    assert main(["run", "tiny", *SMOKE, "--out", str(out)]) == 0
+    monkeypatch.setattr(record, "library_versions", lambda extra=(): {"torch": "2.1", "trilemma-b": "0.2"})
+    assert main(["run", "tiny", *SMOKE, "--seed", "1", "--resume", "--out", str(out)]) == 0
+    # A plugin only the first command used stays listed; a library that changed says so, in order.
+    assert manifest(out)["versions"] == {"torch": "2.0, then 2.1", "trilemma-a": "0.1", "trilemma-b": "0.2"}
+    assert record.merged_versions({"torch": "2.0, then 2.1"}, {"torch": "2.1"}) == {"torch": "2.0, then 2.1"}
+    assert record.merged_versions({"torch": "2.0, then 2.1"}, {"torch": "2.0"}) == {"torch": "2.0, then 2.1, then 2.0"}

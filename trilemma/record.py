@@ -143,12 +143,24 @@ class Recorder:
                                    for entry in self.registries.metrics.in_order()
                                    if not _applies(entry.item, plan.dataset)},
                 "plugin_problems": plugin_problems(self.registries),
-                "versions": library_versions([d for d in dists if d != "trilemma"]),
+                "versions": merged_versions(manifest.get("versions", {}),
+                                            library_versions([d for d in dists if d != "trilemma"])),
             })
             if not metrics:
                 manifest.pop("metrics")
 
         self.run_dir.update_manifest(change)
+
+
+def merged_versions(before: dict[str, str], now: dict[str, str]) -> dict[str, str]:
+    """The versions of every command that wrote into the run directory: each distribution once, with
+    every version it ran at in order ("2.14.0, then 2.14.1"), so a plugin that only an earlier command
+    used stays listed and a library that changed between commands says so."""
+    merged = dict(before)
+    for name, version in now.items():
+        seen = merged.get(name, "").split(", then ") if merged.get(name) else []
+        merged[name] = version if not seen else ", then ".join(seen if version == seen[-1] else [*seen, version])
+    return merged
 
 
 def _applies(metric: Any, dataset: Any) -> bool:
