@@ -94,3 +94,20 @@ def test_a_run_with_curves_records_them_reports_them_and_keeps_the_rows_of_a_run
 def test_bad_curve_points_are_refused(fake_registries, tmp_path, capsys):
     assert main(["run", "tiny", "--curves", "0.5,0.25", "--out", str(tmp_path)]) == 2
     assert "increasing shares" in capsys.readouterr().err
+
+
+def test_models_whose_steps_round_differently_share_one_column_per_budget_share(tmp_path):
+    from trilemma.report_curves import budget_shares, curves_section
+
+    # 1/8 of 1,500 steps is step 188 (0.12533), of 300 is 38 (0.12667), of 2,000 exactly 250.
+    points = {"a": ((188, 1500), (375, 1500), (1500, 1500)), "b": ((38, 300), (75, 300), (300, 300)),
+              "c": ((250, 2000), (500, 2000), (2000, 2000))}
+    curves = pd.DataFrame([{"model": m, "sampler": "s", "seed": 0, "step": step, "fraction": step / total,
+                            "images_seen": 64 * step, "samples": 500, "fid": 100.0 - step / total}
+                           for m, steps in points.items() for step, total in steps])
+    assert budget_shares(curves["fraction"]) == {188 / 1500: 0.125, 38 / 300: 0.125, 0.125: 0.125,
+                                                 0.25: 0.25, 1.0: 1.0}
+    frame = pd.DataFrame({"model": list(points), "train_gflop_per_step": [1.0, 1.0, 1.0]})
+    section = curves_section(curves, frame, tmp_path)
+    assert [c for c in section.table.columns if c.endswith("%")] == ["12.5%", "25%", "100%"]
+    assert section.table.loc[section.table["model"] == "b", "12.5%"].item() == f"{100 - 38 / 300:.1f}"

@@ -59,6 +59,24 @@ def curve_marks(summary: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
     return [IMPROVING_MARK if model in improving else "" for model in summary["model"]]
 
 
+def budget_shares(fractions: pd.Series) -> dict[float, float]:
+    """Each recorded share of the budget → the one column it is shown in: a point is at a whole step,
+    so the same preset share lands a step apart for models of different step counts (0.1253 and
+    0.1267 for 1/8); shares within 5% of each other are one column, named by the one written with
+    the fewest digits (the preset's own share where a model hit it exactly), else the median's nearest."""
+    groups: list[list[float]] = []
+    for value in sorted(set(fractions.dropna())):
+        if groups and value <= groups[-1][0] * 1.05:
+            groups[-1].append(value)
+        else:
+            groups.append([value])
+    def name(group: list[float]) -> float:
+        middle = float(pd.Series(group).median())
+        return min(group, key=lambda v: (len(f"{v:.6g}"), abs(v - middle)))
+
+    return {value: name(group) for group in groups for value in group}
+
+
 def curves_section(curves: pd.DataFrame, frame: pd.DataFrame, plots_dir: Path) -> ReportSection | None:
     """A table of the curve metric at each point, the marks, and the curves against images and PFLOP."""
     from trilemma import plots
@@ -73,10 +91,11 @@ def curves_section(curves: pd.DataFrame, frame: pd.DataFrame, plots_dir: Path) -
                 if "teacher_train_pflop" in frame else {})
     curves["train_pflop"] = [teachers.get(model, 0.0) + step * per_step.get(model, math.nan) / 1e6
                              for model, step in zip(curves["model"], curves["step"], strict=True)]
-    pivot = (curves.groupby(["model", "sampler", "fraction"])[metric].mean().unstack("fraction")
+    curves["share"] = curves["fraction"].map(budget_shares(curves["fraction"]))
+    pivot = (curves.groupby(["model", "sampler", "share"])[metric].mean().unstack("share")
              .sort_index(axis=1))
     table = pivot.map(lambda v: "–" if not math.isfinite(v) else f"{v:.1f}")
-    table.columns = [f"{c:.0%}" for c in table.columns]
+    table.columns = [f"{100 * c:.3g}%" for c in table.columns]
     found = improvements(curves)
     shares = {(r.model, r.sampler): r.improved for r in found.itertuples()} if not found.empty else {}
     table["last doubling"] = [f"{shares.get(key, math.nan):+.0%}".replace("+nan%", "–") for key in table.index]
