@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +120,6 @@ def train_and_save(out_dir: Path, data_dir: Path | None = None, *, epochs: int =
     start = time.perf_counter()
     model = train_autoencoder(mnist["train"].images, epochs=epochs, seed=seed, device=device, progress=progress)
     seconds = time.perf_counter() - start
-    info = {"test_bce": round(reconstruction_bce(model, mnist["test"].images), 5), "seed": seed, "epochs": epochs,
+    info: dict[str, Any] = {"test_bce": round(reconstruction_bce(model, mnist["test"].images), 5), "seed": seed, "epochs": epochs,
             "train_seconds": round(seconds, 1)}
     return AutoencoderInfo(sha256=save_pinned(out_dir, WEIGHTS_NAME, INFO_NAME, model.state_dict(), info), **info)

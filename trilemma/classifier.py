@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -129,6 +130,7 @@ def train_and_save(out_dir: Path, data_dir: Path | None = None, *, epochs: int =
                              device=device, progress=progress)
     seconds = time.perf_counter() - start
     test_acc = accuracy(model, mnist["test"].images, mnist["test"].labels)
-    info = {"test_accuracy": round(test_acc, 5), "seed": seed, "epochs": epochs, "train_seconds": round(seconds, 1)}
+    info: dict[str, Any] = {"test_accuracy": round(test_acc, 5), "seed": seed, "epochs": epochs,
+                            "train_seconds": round(seconds, 1)}
     sha256 = save_pinned(out_dir, WEIGHTS_NAME, INFO_NAME, model.state_dict(), info)
     return ClassifierInfo(sha256=sha256, **info)

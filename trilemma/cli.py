@@ -253,10 +253,10 @@ def cmd_list(registries: Registries, check: bool = False) -> int:
         except BaseException as exc:  # a model that cannot even be built is listed, not fatal
             print(f"      NFE check failed: {type(exc).__name__}: {exc}")
             continue
-        for sampler, check in checks.items():
-            flags = f"   flagged: {', '.join(check.flags)}" if check.flags else ""
-            print(f"      {sampler:<18} NFE {check.hook_nfe:g} / {check.flop_nfe:.4g}   "
-                  f"{check.gflop_per_sample:.4g} GFLOP   {check.verdict}{flags}")
+        for sampler, counted in checks.items():
+            flags = f"   flagged: {', '.join(counted.flags)}" if counted.flags else ""
+            print(f"      {sampler:<18} NFE {counted.hook_nfe:g} / {counted.flop_nfe:.4g}   "
+                  f"{counted.gflop_per_sample:.4g} GFLOP   {counted.verdict}{flags}")
     if check:
         print(COUNTING_NOTE)
     print("metrics:")
@@ -423,7 +423,7 @@ def cmd_pinned(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    registries = None
+    registries: Registries | None = None
     if argv[:1] in (["run"], ["list"], ["eval"], ["sanity"]):
         from trilemma.plugins import collect
 
@@ -434,13 +434,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.argv = argv
     try:
-        if args.command == "list":
+        if registries is not None and args.command == "list":
             return cmd_list(registries, args.check)
-        if args.command == "run":
+        if registries is not None and args.command == "run":
             return cmd_run(args, registries)
-        if args.command == "eval":
+        if registries is not None and args.command == "eval":
             return cmd_eval(args, registries)
-        if args.command == "sanity":
+        if registries is not None and args.command == "sanity":
             return cmd_sanity(args, registries)
         if args.command == "report":
             return cmd_report(args)

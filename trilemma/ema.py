@@ -30,6 +30,8 @@ class EMA(nn.Module):
         self.decay = decay
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
+    updates: torch.Tensor
+
     def update(self, network: nn.Module) -> None:
         self.updates += 1
         update_ema(self.average, network, self.decay, int(self.updates))

@@ -65,7 +65,7 @@ def evaluate_sampler(model: GenerativeModel, model_name: str, sampler_name: str,
     elif samples.nfe_check is None or len(samples.images) != preset.eval_samples:
         raise ValueError(f"{where}: samples given for evaluation must be {preset.eval_samples} from a counted draw")
     drawn = time.perf_counter() - started
-    check = samples.nfe_check
+    check = samples.counted
     if check.hook_nfe == 0:
         raise BadSamples(f"{where} called none of its sampling_networks() through their forward hooks "
                          f"(NFE counted 0) while doing {check.gflop_per_sample:.4g} GFLOP per sample: "

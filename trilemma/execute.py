@@ -170,7 +170,7 @@ def _with_teacher(model: GenerativeModel, cell: Cell, settings: ExecutionSetting
 
 def _curve(cell: Cell, preset: Preset, settings: ExecutionSettings, model: GenerativeModel, model_class: type[GenerativeModel],
            samplers: dict[str, Any], metrics: dict[str, Any], dataset: Dataset, base: dict[str, Any],
-           log: Callable[[str], None]) -> Callable[[int], None] | None:
+           log: Callable[[str], None]) -> Callable[..., None] | None:
     """What a learning-curve point does at a step: evaluate the curve samplers with the curve metrics
     and record the rows in the cell's curve file."""
     run_dir = RunDirectory(settings.run_dir)

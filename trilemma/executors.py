@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import cast
 
 from trilemma.errors import TrilemmaError
-from trilemma.execute import CellOutcome, execute_cell, failed_outcome, run_cell_in_worker
+from trilemma.execute import CellOutcome, ExecutionSettings, execute_cell, failed_outcome, run_cell_in_worker
 from trilemma.executor_api import Executor, Job, require
 from trilemma.hookspecs import hookimpl
+from trilemma.plan import Cell
 from trilemma.settings import Setting
 
 __all__ = ["Executor", "Job", "LocalExecutor", "require"]
@@ -102,9 +106,11 @@ class LocalExecutor(Executor):
         settings = replace(job.settings, progress=False, parallel_cells=count)
         environment = job.worker_environment()
         job.log(f"local: {len(job.cells)} cells, {count} at once, {threads} torch thread(s) each")
-        queue, idle, busy = list(job.cells), [], {}
+        queue = list(job.cells)
+        idle: list[tuple[BaseProcess, Connection]] = []
+        busy: dict[Connection, tuple[BaseProcess, Cell]] = {}
         finished: set[tuple[str, int]] = set()
-        workers: list[tuple[object, object]] = []
+        workers: list[tuple[BaseProcess, Connection]] = []
 
         def start_worker() -> None:
             driver, worker = context.Pipe(duplex=True)
@@ -121,7 +127,7 @@ class LocalExecutor(Executor):
                 while idle and (cell := next((c for c in queue if not job.waits_for_teacher(c, finished)), None)):
                     process, driver = idle.pop()
                     try:
-                        driver.send(cell)  # type: ignore[attr-defined]
+                        driver.send(cell)
                     except OSError:  # it died while idle: another takes the cell
                         start_worker()
                         continue
@@ -132,11 +138,11 @@ class LocalExecutor(Executor):
                 # ends without one (killed) shows up as its connection's end of file.
                 if not busy:  # nothing running and nothing ready: a teacher outside the order
                     raise RuntimeError(f"local: {queue[0].label} waits for a teacher that is not coming")
-                for driver in wait(list(busy)):
+                for driver in cast(list[Connection], wait(list(busy))):
                     process, cell = busy.pop(driver)
                     finished.add((cell.row_model, cell.seed))
                     try:
-                        outcome = driver.recv()  # type: ignore[attr-defined]
+                        outcome = driver.recv()
                     except (EOFError, OSError):
                         outcome = None
                     if isinstance(outcome, CellOutcome):
@@ -147,40 +153,40 @@ class LocalExecutor(Executor):
                         idle.append((process, driver))
                         yield failed_outcome(cell, job, outcome)
                         continue
-                    process.join(timeout=5)  # type: ignore[attr-defined]
+                    process.join(timeout=5)
                     yield failed_outcome(cell, job, RuntimeError(
-                        f"its worker process exited with code {process.exitcode} "  # type: ignore[attr-defined]
+                        f"its worker process exited with code {process.exitcode} "
                         "before handing back its rows"))
                     if queue:
                         start_worker()
             for _, driver in workers:
                 try:
-                    driver.send(None)  # type: ignore[attr-defined]
+                    driver.send(None)
                 except OSError:
                     pass
             for process, _ in workers:
-                process.join(timeout=30)  # type: ignore[attr-defined]
+                process.join(timeout=30)
         finally:
             for process, _ in workers:  # interrupted: no orphan keeps training
-                if process.is_alive():  # type: ignore[attr-defined]
-                    process.kill()  # type: ignore[attr-defined]
+                if process.is_alive():
+                    process.kill()
 
 
-def _worker_loop(connection: object, settings: object, environment: dict[str, str]) -> None:
+def _worker_loop(connection: Connection, settings: ExecutionSettings, environment: dict[str, str]) -> None:
     """A worker: run the cells it is sent, one at a time, and send back each outcome (or what went
     wrong outside the cell); ``None`` ends it."""
     while True:
         try:
-            cell = connection.recv()  # type: ignore[attr-defined]
+            cell = connection.recv()
         except (EOFError, OSError):
             return
         if cell is None:
             return
         try:
-            outcome: object = run_cell_in_worker(cell, settings, environment)  # type: ignore[arg-type]
+            outcome: object = run_cell_in_worker(cell, settings, environment)
         except BaseException as exc:  # noqa: BLE001 - handed to the driver, which fails this cell's rows
             outcome = RuntimeError(f"{type(exc).__name__}: {exc}")
-        connection.send(outcome)  # type: ignore[attr-defined]
+        connection.send(outcome)
 
 
 @hookimpl

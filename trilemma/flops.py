@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 try:
     from torch.utils.flop_counter import _FlopCounterMode
 except ImportError:  # pragma: no cover - older torch: fall back to the full mode
-    _FlopCounterMode = None
+    _FlopCounterMode = None  # type: ignore[assignment,misc]
 
 
 aten = torch.ops.aten
@@ -113,6 +113,7 @@ class FlopCounter(FlopCounterMode):
     def __exit__(self, *args: Any) -> Any:
         if _FlopCounterMode is None:
             return super().__exit__(*args)
+        assert self.mode is not None  # entered
         result = self.mode.__exit__(*args)
         self.mode = None
         return result

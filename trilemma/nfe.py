@@ -26,12 +26,15 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from trilemma.flops import FlopCounter
 from trilemma.watch import ParameterWatch, tensors_in
+
+if TYPE_CHECKING:
+    from trilemma.model import GenerativeModel
 
 #: Relative difference between two NFE counts of one sampler that still agrees.
 NFE_TOLERANCE = 0.05
@@ -197,7 +200,7 @@ class DrawCounter:
     """Counts a draw of ``model``'s samples: enter ``counting()`` and make each sampler call through
     ``call``; ``result`` says what was counted."""
 
-    model: nn.Module
+    model: GenerativeModel
     networks: list[nn.Module] = field(init=False)
     batches: list[tuple[int, int]] = field(default_factory=list)  # (samples, counted items) per call
 

@@ -12,13 +12,15 @@ import json
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from trilemma.cache import CACHE
 from trilemma.errors import TrilemmaError
 from trilemma.files import atomic_torch_save, atomic_write_text
+
+Network = TypeVar("Network", bound=torch.nn.Module)
 
 
 def asset_path(name: str) -> Path:
@@ -64,9 +66,9 @@ def save_pinned(out_dir: Path, weights_name: str, info_name: str, state: dict[st
     return sha256
 
 
-def fit(model: torch.nn.Module, n: int, batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *,
+def fit(model: Network, n: int, batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *,
         epochs: int, seed: int, batch_size: int = 128, max_lr: float = 3e-3, desc: str = "training",
-        progress: bool = True) -> torch.nn.Module:
+        progress: bool = True) -> Network:
     """Adam with a one-cycle learning-rate schedule over ``epochs`` shuffles of ``n`` items, seeded;
     ``batch_loss(indices, generator)`` is one batch's loss. Returns the model on the CPU, frozen."""
     from trilemma.progress import progress_bar

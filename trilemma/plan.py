@@ -20,7 +20,7 @@ import torch
 from trilemma.datasets import Dataset
 from trilemma.environment import resolve_device, resolve_precision, resolve_threads
 from trilemma.errors import TrilemmaError, did_you_mean
-from trilemma.model import ModelConfig, resolve_config
+from trilemma.model import GenerativeModel, ModelConfig, resolve_config
 from trilemma.plugins import Registries
 from trilemma.presets import Preset, get_preset
 from trilemma.registry import Provider
@@ -170,7 +170,7 @@ def check_consistent(request: RunRequest) -> None:
                                 "give each field one way")
 
 
-def choose_samplers(cls: type, instance: Any, preset: str, names: Sequence[str],
+def choose_samplers(cls: type[GenerativeModel], instance: Any, preset: str, names: Sequence[str],
                     given: dict[str, list[str]]) -> tuple[SamplerSpec, ...]:
     """The samplers a model is evaluated with: the ``--sampler`` specs prefixed with one of its
     ``names`` (``MODEL/SPEC``) and the unprefixed ones whose method it has, else its preset's. With
@@ -191,7 +191,7 @@ def choose_samplers(cls: type, instance: Any, preset: str, names: Sequence[str],
         return defaults
 
 
-def _instance(cls: type, config: ModelConfig, channels: int) -> Any:
+def _instance(cls: type[GenerativeModel], config: ModelConfig, channels: int) -> Any:
     """The model built on the CPU to check its samplers; None where the plugin cannot build (its
     cell then fails in execution and is recorded like any other failure)."""
     try:
@@ -212,7 +212,7 @@ def _methods(instance: Any) -> Any:
         return None
 
 
-def _model_preset(cls: type, name: str, base: Preset, request: RunRequest) -> Preset:
+def _model_preset(cls: type[GenerativeModel], name: str, base: Preset, request: RunRequest) -> Preset:
     """A model's preset: the run's, with the model's own budget, then the request's budget, cap and curves."""
     preset = base.with_budget(cls.preset_settings(base.name).budget, where=f"model {name!r}, ")
     for key in ("train_steps", "train_images", "train_pflop"):
@@ -225,7 +225,7 @@ def _model_preset(cls: type, name: str, base: Preset, request: RunRequest) -> Pr
     return preset
 
 
-def _resolve(cls: type, name: str, role: str, base: Preset, request: RunRequest, provider: Provider,
+def _resolve(cls: type[GenerativeModel], name: str, role: str, base: Preset, request: RunRequest, provider: Provider,
              variants: Sequence[tuple[str, dict[str, str]]]) -> tuple[Preset, list[tuple[str, ModelConfig]]]:
     """A model's preset and its config for each ``(label, changes)`` variant; a plugin's malformed
     presets or Config become one line naming the plugin (``role``: "model" or "teacher")."""
@@ -239,7 +239,7 @@ def _resolve(cls: type, name: str, role: str, base: Preset, request: RunRequest,
                             f"{type(exc).__name__}: {exc}") from exc
 
 
-def _model_plan(cls: type, name: str, label: str, config: ModelConfig, preset: Preset, provider: Provider,
+def _model_plan(cls: type[GenerativeModel], name: str, label: str, config: ModelConfig, preset: Preset, provider: Provider,
                 precision: str, instance: Any, given_samplers: dict[str, list[str]]) -> ModelPlan:
     """The plan of one model variant: its precision where the model supports the run's, and its samplers
     (checked against ``instance``, the model built on the CPU, or None where the plugin cannot build)."""

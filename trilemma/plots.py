@@ -51,7 +51,7 @@ LABEL_OFFSETS = ((5, 3), (5, -10), (-5, 8), (-5, -14), (8, 14), (8, -20), (-8, 1
 def _place_labels(ax: plt.Axes, points: list[tuple[float, float, str]]) -> None:
     """Label each point at the first offset whose text box overlaps no label placed before it (the
     last offset when every one does): neighbouring samplers' names stay readable."""
-    renderer = ax.figure.canvas.get_renderer()
+    renderer = ax.figure.canvas.get_renderer()  # type: ignore[attr-defined]  # the Agg canvas the report draws on
     placed: list[Any] = []
     for px, py, text in points:
         for offset in LABEL_OFFSETS:

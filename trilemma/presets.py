@@ -71,6 +71,7 @@ class TrainingBudget:
                                 "FLOPs per step are counted (for_flops_per_step)")
         if self.train_steps is not None:
             return self.train_steps
+        assert self.train_images is not None  # a budget has exactly one kind (checked when it is made)
         return math.ceil(self.train_images / self.batch_size)
 
     def for_flops_per_step(self, flops: float) -> TrainingBudget:

@@ -11,10 +11,12 @@ Ray is an optional dependency (``pip install 'trilemma[ray]'``), imported only h
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from trilemma.execute import CellOutcome, failed_outcome, run_cell_in_worker
 from trilemma.executor_api import Executor, Job, require
 from trilemma.hookspecs import hookimpl
+from trilemma.plan import Cell
 from trilemma.settings import Setting
 
 
@@ -46,7 +48,8 @@ class RayExecutor(Executor):
             task = ray.remote(max_retries=int(job.options.get("retries", 2)), **resources)(run_cell_in_worker)
             # A student's task takes its teacher's result as an argument: Ray starts it only once the
             # teacher's task has finished (the cells come teachers first).
-            pending, refs = {}, {}
+            pending: dict[Any, Cell] = {}
+            refs: dict[tuple[str, int], Any] = {}
             for cell in job.cells:
                 teacher = cell.teacher
                 after = [refs[(teacher.row_model, teacher.seed)]] if teacher is not None and \

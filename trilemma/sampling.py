@@ -59,6 +59,13 @@ class Samples:
         timed = full[1:] or full
         return size, sum(n for n, _ in timed), sum(s for _, s in timed)
 
+    @property
+    def counted(self) -> NFECheck:
+        """What counting found over the draw; a ``ValueError`` for samples not drawn by the harness."""
+        if self.nfe_check is None:
+            raise ValueError("the samples carry no counts (not drawn by the harness's draw)")
+        return self.nfe_check
+
     def head(self, n: int) -> Samples:
         """The first ``n`` samples, with the draw's counts (a subset of one draw: same model, same sampler)."""
         return replace(self, images=self.images[:n])
@@ -106,5 +113,5 @@ def check_model_samplers(model_class: type[GenerativeModel], preset: str = "smok
 
     torch.manual_seed(0)
     model = model_class(resolve_config(model_class, preset, {}), channels=channels or model_class.data_channels[0])
-    return {name: draw(model, sampler, n, batch_size=n - 1, seed=0, where=f"{model_class.name}/{name}").nfe_check
+    return {name: draw(model, sampler, n, batch_size=n - 1, seed=0, where=f"{model_class.name}/{name}").counted
             for name, (_, sampler) in bind(model, model_class.sampler_specs(preset)).items()}

@@ -102,7 +102,8 @@ def run_sanity(registries: Any, n: int, out: Path | None, data_dir: Path | None 
     torch_device = torch.device(device)
 
     def context(images: torch.Tensor) -> Any:
-        return EvalContext(model=None, model_name="sanity", sampler_name="set", sampler=None,
+        # Real image sets are scored, not a model's draw: no model, no sampler (nor a metric that needs one).
+        return EvalContext(model=None, model_name="sanity", sampler_name="set", sampler=None,  # type: ignore[arg-type]
                            samples=Samples(images, math.nan, math.nan), dataset=dataset, data=data,
                            device=torch_device, preset=PRESETS["quick"], seed=seed, cache_dir=cache_dir, log=log)
 

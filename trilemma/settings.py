@@ -51,12 +51,12 @@ def existing_file(value: Any) -> None:
 
 def resolve_settings(owner: str, declared: Iterable[Setting], given: Mapping[str, Any]) -> dict[str, Any]:
     """``given`` values (others at their defaults), checked; unknown names are an error."""
-    declared = {s.name: s for s in declared}
-    unknown = sorted(set(given) - set(declared))
+    by_name = {s.name: s for s in declared}
+    unknown = sorted(set(given) - set(by_name))
     if unknown:
-        raise TrilemmaError(f"{owner}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(declared)) or 'none'}")
+        raise TrilemmaError(f"{owner}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(by_name)) or 'none'}")
     values = {}
-    for name, setting in declared.items():
+    for name, setting in by_name.items():
         value = given.get(name, setting.default)
         if setting.check is not None and name in given:
             try:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from trilemma.execute import CellOutcome, failed_outcome, run_cell_in_worker
 from trilemma.executor_api import Executor, Job, require
 from trilemma.hookspecs import hookimpl
+from trilemma.plan import Cell
 from trilemma.settings import Setting
 
 
@@ -53,7 +55,9 @@ class SlurmExecutor(Executor):
             parameters["slurm_partition"] = options["partition"]
         executor.update_parameters(**parameters)
         environment = job.worker_environment()
-        waiting, pending, finished = list(job.cells), {}, set()
+        waiting = list(job.cells)
+        pending: dict[Any, Cell] = {}
+        finished: set[tuple[str, int]] = set()
 
         def submit_ready() -> None:
             """Submit the cells whose teachers have finished, as one job array."""

@@ -79,7 +79,7 @@ def check_sampler(model: GenerativeModel, name: str, sampler: Sampler, expected_
     if expected_nfe is not None:
         assert drawn.nfe_per_sample == expected_nfe, \
             f"sampler {name!r}: NFE {drawn.nfe_per_sample}, expected {expected_nfe}"
-    check = drawn.nfe_check
+    check = drawn.counted
     assert check.agree and not check.flags, f"sampler {name!r}: {check.describe()}; list every network it " \
         "evaluates in sampling_networks(), call them as net(x) on the batch, and keep its parameters in torch"
     again = draw(model, sampler, 5, batch_size=5, seed=1, where=f"sampler {name!r}")

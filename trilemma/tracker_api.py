@@ -53,8 +53,9 @@ CURVE_KEYS = ("step", "seed", "images_seen", "fraction", "samples")
 def scalars(record: CellRecord) -> list[tuple[tuple[str, ...], float, int]]:
     """Everything plottable of a cell as (name parts, value, step): ``("train", loss)`` along
     training, ``("curve", sampler, metric)`` at each curve point, ``(sampler, column)`` at the last step."""
-    out = [(("train", key), value, int(point["step"])) for point in record.losses
-           for key, value in point.items() if key != "step"]
+    out: list[tuple[tuple[str, ...], float, int]] = [
+        (("train", key), value, int(point["step"])) for point in record.losses
+        for key, value in point.items() if key != "step"]
     out += [(("curve", str(point["sampler"]), key), value, int(point["step"])) for point in record.curves
             for key, value in numeric(point).items() if key not in CURVE_KEYS]
     out += [((str(row["sampler"]), key), value, record.final_step) for row in record.rows

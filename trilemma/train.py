@@ -107,7 +107,7 @@ def checkpoint_identity(model: GenerativeModel, budget: Budget, cell: dict[str, 
 
 def rng_state(data_generator: torch.Generator, order: torch.Tensor) -> dict[str, Any]:
     """Everything random a resumed run needs to continue exactly as an uninterrupted one would."""
-    state = {"torch": torch.get_rng_state(), "data": data_generator.get_state(), "order": order.cpu()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "data": data_generator.get_state(), "order": order.cpu()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -80,9 +80,9 @@ class Metric:
     computed at every learning-curve point too."""
 
     name: str = ""
-    columns: ClassVar[tuple[Column, ...]] = ()
+    columns: tuple[Column, ...] = ()  # a class may declare them per instance (one metric per feature space)
     protocol_keys: ClassVar[tuple[str, ...]] = ()
-    settings: ClassVar[tuple[Setting, ...]] = ()
+    settings: tuple[Setting, ...] = ()
     needs: ClassVar[tuple[str, ...]] = ("samples",)
     #: Also computed at each learning-curve point (on the curve's smaller sample); for the metrics
     #: of the three axes, not for timing or one-off checks.
