@@ -245,3 +245,12 @@ def test_a_metric_that_does_not_apply_to_the_dataset_is_said_under_the_table(fak
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["does_not_apply"] == {"likelihood": ["bpd"]}
     assert "bits/dim: – because the metric likelihood does not apply to mnist." in (tmp_path / "report.md").read_text()
+
+
+def test_the_protocol_lists_the_plugin_version_of_every_trained_model():
+    from trilemma.report_document import protocol_items
+
+    manifest = {"versions": {"torch": "2.14.1", "trilemma-b": "0.2"},
+                "models": {"a": {"distribution": "trilemma-a 0.1"}, "b": {"distribution": "trilemma-b 0.2"}}}
+    (line,) = [item for item in protocol_items(manifest) if item.startswith("Versions: ")]
+    assert line == "Versions: torch 2.14.1, trilemma-a 0.1, trilemma-b 0.2"

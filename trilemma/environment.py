@@ -104,3 +104,14 @@ def library_versions(extra: Iterable[str] = ()) -> dict[str, str]:
         except PackageNotFoundError:
             found[name] = "not installed"
     return found
+
+
+def merged_versions(before: dict[str, str], now: dict[str, str]) -> dict[str, str]:
+    """The versions of every command that wrote into the run directory: each distribution once, with
+    every version it ran at in order ("2.14.0, then 2.14.1"), so a plugin that only an earlier command
+    used stays listed and a library that changed between commands says so."""
+    merged = dict(before)
+    for name, current in now.items():
+        seen = merged.get(name, "").split(", then ") if merged.get(name) else []
+        merged[name] = current if not seen else ", then ".join(seen if current == seen[-1] else [*seen, current])
+    return merged

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from trilemma.columns import Column
-from trilemma.environment import describe_device, library_versions
+from trilemma.environment import describe_device, library_versions, merged_versions
 from trilemma.execute import CellOutcome
 from trilemma.plan import Cell, Plan, RunRequest
 from trilemma.plugins import Registries
@@ -150,17 +150,6 @@ class Recorder:
                 manifest.pop("metrics")
 
         self.run_dir.update_manifest(change)
-
-
-def merged_versions(before: dict[str, str], now: dict[str, str]) -> dict[str, str]:
-    """The versions of every command that wrote into the run directory: each distribution once, with
-    every version it ran at in order ("2.14.0, then 2.14.1"), so a plugin that only an earlier command
-    used stays listed and a library that changed between commands says so."""
-    merged = dict(before)
-    for name, version in now.items():
-        seen = merged.get(name, "").split(", then ") if merged.get(name) else []
-        merged[name] = version if not seen else ", then ".join(seen if version == seen[-1] else [*seen, version])
-    return merged
 
 
 def _applies(metric: Any, dataset: Any) -> bool:

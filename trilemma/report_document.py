@@ -16,6 +16,7 @@ import jinja2
 import pandas as pd
 
 from trilemma.columns import Column, chart_axes
+from trilemma.environment import merged_versions
 from trilemma.metrics import ReportSection, joined_marks
 from trilemma.report_curves import curve_marks, curves_section
 from trilemma.report_protocol import get_path, registered_metrics
@@ -94,7 +95,13 @@ def protocol_items(manifest: dict[str, Any]) -> list[str]:
     description of its protocol, plugin problems, versions."""
     if not manifest:
         return ["(no manifest)"]
-    versions = manifest.get("versions", {})
+    # Each model's entry names the plugin version that trained it: listed even where an older run
+    # directory's "versions" kept only its last command's.
+    versions = dict(manifest.get("versions", {}))
+    for entry in (manifest.get("models") or {}).values():
+        dist, _, version = str(entry.get("distribution", "")).partition(" ")
+        if version and version not in versions.get(dist, "").split(", then "):
+            versions = merged_versions(versions, {dist: version})
     lines = [
         f"Dataset: {manifest.get('dataset')} ({manifest.get('data_source')}); preset {manifest.get('preset')}; "
         f"seeds {manifest.get('seeds')}",
