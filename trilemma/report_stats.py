@@ -16,11 +16,11 @@ BOOTSTRAP_RESAMPLES = 2000
 def bootstrap_interval(values: Sequence[float], level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
                        seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (NaN for fewer than two values)."""
-    values = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
-    if len(values) < 2:
+    finite = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if len(finite) < 2:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)
+    means = rng.choice(finite, size=(resamples, len(finite)), replace=True).mean(axis=1)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
