@@ -1,6 +1,7 @@
 """Executors on a real local Ray instance and submitit's local executor (``tox -e dist``): the same
 rows as a local run, a killed worker's cell retried, resume after the driver dies."""
 
+import re
 import subprocess
 import sys
 import time
@@ -41,6 +42,12 @@ def test_the_same_cells_give_the_same_rows_on_any_executor(site, tmp_path, execu
     assert remote.returncode == 0, remote.stderr + remote.stdout
     same_rows(tmp_path / "local" / "results.csv", tmp_path / "remote" / "results.csv")
     assert "recorded (4/4 cells, 0 failed rows)" in remote.stdout
+    # Piped output is plain: every cell's own lines, printed by the driver, with no engine's colour
+    # codes or "(pid=…)" prefixes.
+    for model in ("tiny", "tiny-k3"):
+        for seed in (0, 1):
+            assert re.search(rf"^{model}/\S+ seed {seed}: ", remote.stdout, re.MULTILINE), (model, seed, remote.stdout)
+    assert "\x1b[" not in remote.stdout and "pid=" not in remote.stdout
 
 
 @pytest.mark.dist

@@ -59,6 +59,9 @@ class CellOutcome:
     rows: list[dict[str, Any]]
     protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
     losses: list[dict[str, float]] = field(default_factory=list)
+    #: What the cell printed, for executors whose workers' output does not reach the console as it
+    #: is (Slurm's job files; Ray's decorated lines when the output is plain): the driver prints it.
+    log_lines: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -231,7 +234,15 @@ def run_cell_in_worker(cell: Cell, settings: ExecutionSettings, environment: dic
         os.environ[key] = value
     if ALLOWLIST_ENV not in environment:
         os.environ.pop(ALLOWLIST_ENV, None)
-    return execute_cell(cell, settings, collect(), log=print)
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    outcome = execute_cell(cell, settings, collect(), log=log)
+    outcome.log_lines = lines
+    return outcome
 
 
 def execute_cell(cell: Cell, settings: ExecutionSettings, registries: Registries,

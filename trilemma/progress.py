@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterable
 from typing import Any
+
+
+def plain_output() -> bool:
+    """Whether console output must be plain text: stdout is not a terminal (a pipe, a log file) or
+    ``NO_COLOR`` is set (https://no-color.org): no colour codes, no engine's decorations."""
+    return bool(os.environ.get("NO_COLOR")) or not sys.stdout.isatty()
 
 
 def progress_bar(iterable: Iterable[Any] | None = None, *, enabled: bool, **options: Any) -> Any:

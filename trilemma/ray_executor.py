@@ -17,6 +17,7 @@ from trilemma.execute import CellOutcome, failed_outcome, run_cell_in_worker
 from trilemma.executor_api import Executor, Job, require
 from trilemma.hookspecs import hookimpl
 from trilemma.plan import Cell
+from trilemma.progress import plain_output
 from trilemma.settings import Setting
 
 
@@ -39,8 +40,11 @@ class RayExecutor(Executor):
         ray = require("ray", "--executor ray", "ray")
         environment = job.worker_environment()
         started_here = not ray.is_initialized()
+        # Ray forwards workers' lines with coloured "(pid=…)" prefixes; on a pipe, a log file or under
+        # NO_COLOR the driver prints each cell's lines itself, plain, when the cell is done.
+        plain = plain_output()
         if started_here:
-            ray.init(address=job.options.get("address"), include_dashboard=False, log_to_driver=True,
+            ray.init(address=job.options.get("address"), include_dashboard=False, log_to_driver=not plain,
                      runtime_env={"env_vars": environment}, configure_logging=False)
         try:
             on_gpu = job.settings.device.startswith("cuda")
@@ -61,9 +65,14 @@ class RayExecutor(Executor):
                 done, _ = ray.wait(list(pending), num_returns=1)
                 cell = pending.pop(done[0])
                 try:
-                    yield ray.get(done[0])
+                    outcome = ray.get(done[0])
                 except ray.exceptions.RayError as exc:  # retries exhausted: the cell's rows say why
                     yield failed_outcome(cell, job, exc)
+                    continue
+                if plain:
+                    for line in outcome.log_lines:
+                        job.log(line)
+                yield outcome
         finally:
             if started_here:
                 ray.shutdown()

@@ -82,9 +82,13 @@ class SlurmExecutor(Executor):
                 cell = pending.pop(submitted)
                 finished.add((cell.row_model, cell.seed))
                 try:
-                    yield submitted.result()
+                    outcome = submitted.result()
                 except Exception as exc:  # the job failed outside the cell's own fault handling
                     yield failed_outcome(cell, job, exc)
+                    continue
+                for line in outcome.log_lines:  # the job's own output is in its files: shown here too
+                    job.log(line)
+                yield outcome
             submit_ready()
 
 @hookimpl
