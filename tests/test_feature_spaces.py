@@ -45,7 +45,7 @@ def test_info_command_names_the_weights(capsys):
 def test_the_metrics_have_a_second_instance_with_their_own_columns():
     names = {space: {c.name for c in FidelityMetric(space).columns} for space in (CLASSIFIER, AUTOENCODER)}
     assert {"fid", "precision", "recall", "kid_mean", "is_mean"} <= names[CLASSIFIER]
-    assert names[AUTOENCODER] == {"ae_fid", "ae_kid_mean", "ae_kid_std", "ae_precision", "ae_recall"}
+    assert names[AUTOENCODER] == {"ae_fid", "ae_fid_sd", "ae_kid_mean", "ae_kid_std", "ae_precision", "ae_recall"}
     assert {c.name for c in DensityCoverageMetric(AUTOENCODER).columns} == {"ae_density", "ae_knn_coverage"}
     assert FidelityMetric(AUTOENCODER).name != FidelityMetric(CLASSIFIER).name
     assert FidelityMetric(AUTOENCODER).settings == ()  # Inception belongs to the classifier instance
