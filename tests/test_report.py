@@ -254,3 +254,21 @@ def test_the_protocol_lists_the_plugin_version_of_every_trained_model():
                 "models": {"a": {"distribution": "trilemma-a 0.1"}, "b": {"distribution": "trilemma-b 0.2"}}}
     (line,) = [item for item in protocol_items(manifest) if item.startswith("Versions: ")]
     assert line == "Versions: torch 2.14.1, trilemma-a 0.1, trilemma-b 0.2"
+
+
+def test_comparison_weighs_fid_gaps_against_sampling_noise_and_says_when_devices_differ(tmp_path):
+    a = make_run(tmp_path / "a", fail=None)
+    b = make_run(tmp_path / "b", fail=None, offset=3.0, manifest={**MANIFEST, "device": {"type": "cpu", "name": "other"}})
+    a.assign(fid_sd=0.5).to_csv(tmp_path / "a" / "results.csv", index=False)
+    b.assign(fid_sd=0.5).to_csv(tmp_path / "b" / "results.csv", index=False)
+    assert main(["report", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 0
+    table = pd.read_csv(tmp_path / "c" / "comparison.csv")
+    md = (tmp_path / "c" / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| model"))
+    ratios = [float(cell) for line in md.split(header)[1].splitlines()[2:7] for cell in [line.split("|")[-2]]]
+    assert "FID Δ / noise" in header
+    assert ratios == pytest.approx(list(table["fid Δ"].abs()[:5] / 0.5 ** 0.5), abs=0.06)
+    assert "⚠ A ran on test cpu and B on other" in md
+    make_run(tmp_path / "e", fail=None)
+    assert main(["report", "--compare", str(tmp_path / "a"), str(tmp_path / "e"), "--out", str(tmp_path / "f")]) == 0
+    assert "⚠ A ran on" not in (tmp_path / "f" / "report.md").read_text()

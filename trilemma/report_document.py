@@ -396,9 +396,22 @@ def comparison_document(names: Sequence[str], a: pd.DataFrame, b: pd.DataFrame, 
         for side in ("A", "B", "Δ"):
             fmt = declared.fmt if side != "Δ" else "{:+" + declared.fmt.removeprefix("{:")
             shown[f"{declared.heading} {side}"] = [_fmt(v, fmt) for v in table[f"{declared.name} {side}"]]
-    scope = "headline columns; --all-columns for every one" if not all_columns else "every numeric column"
+    intro = [f"Δ = B − A; rows matched by model and sampler; "
+             f"{'headline columns; --all-columns for every one' if not all_columns else 'every numeric column'}."]
+    if {"fid Δ", "fid_sd A", "fid_sd B"} <= set(table):
+        # The draw's own noise on both sides: a gap of under about 2 of these is not a method's.
+        noise = (table["fid_sd A"] ** 2 + table["fid_sd B"] ** 2) ** 0.5
+        shown["FID Δ / noise"] = [_fmt(v, "{:.1f}") for v in (table["fid Δ"].abs() / noise)]
+        intro.append("FID Δ / noise: |Δ FID| over the two rows' sampling spreads combined (√(sd A² + sd B²)); "
+                     "below about 2, the rows are not told apart by their samples.")
+    devices = [str(get_path(manifest, ("device", "name"))) for manifest in manifests]
+    if len(set(devices)) > 1:
+        intro.append(f"⚠ A ran on {devices[0]} and B on {devices[1]}: the same seed trains to different numbers on "
+                     "different hardware (kernels sum in other orders; bf16 paths differ: DCGAN's quick FID was 22.71 on "
+                     "an AMD EPYC and 23.29 on an Intel Xeon with AMX), so a Δ between devices includes that, beyond "
+                     "the sampling noise.")
     doc = ReportDocument(title=f"trilemma: {names[0]} (A) against {names[1]} (B)", table=shown,
-                         intro=f"Δ = B − A; rows matched by model and sampler; {scope}.",
+                         intro=" ".join(intro),
                          protocols=[(f"{side}: {name}", protocol_items(manifest))
                                     for side, name, manifest in zip("AB", names, manifests, strict=True)])
     return doc, table
