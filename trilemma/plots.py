@@ -165,8 +165,9 @@ def class_histograms(frame: pd.DataFrame, share_columns: list[str], real_shares:
         return None
     n = len(rows)
     cols = min(3, n)
+    # Each panel its own y-range: one row's single class at 70% would flatten everyone else's ~2% bars.
     fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(3.6 * cols, 2.6 * math.ceil(n / cols)),
-                             squeeze=False, sharey=True, constrained_layout=True)
+                             squeeze=False, constrained_layout=True)
     digits = np.arange(len(share_columns))
     titles = titles or [label(row) for _, row in rows.iterrows()]
     for ax, (_, row), title in zip(axes.flat, rows.iterrows(), titles, strict=False):
