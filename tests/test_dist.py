@@ -48,6 +48,7 @@ def test_the_same_cells_give_the_same_rows_on_any_executor(site, tmp_path, execu
         for seed in (0, 1):
             assert re.search(rf"^{model}/\S+ seed {seed}: ", remote.stdout, re.MULTILINE), (model, seed, remote.stdout)
     assert "\x1b[" not in remote.stdout and "pid=" not in remote.stdout
+    assert "Token authentication" not in remote.stdout  # Ray's security notice goes to stderr, left there
 
 
 @pytest.mark.dist
