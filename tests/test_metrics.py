@@ -91,6 +91,20 @@ def test_fids_sampling_spread_matches_independent_draws_of_one_model(mnist, refe
     assert reference(pool[6000:9000])["fid_sd"] < bootstrap < reference(pool[8500:8800])["fid_sd"]
 
 
+def test_fids_sampling_spread_is_the_spread_of_torch_fidelitys_fid_over_the_same_resamples():
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    from trilemma.metrics.fidelity import fid_sampling_sd
+
+    g = torch.Generator().manual_seed(0)
+    real = fid_features_to_statistics(torch.randn(5000, 32, generator=g))
+    generated = torch.randn(400, 32, generator=g) * 1.2 + 0.3
+    again = torch.Generator().manual_seed(7)
+    theirs = [fid_statistics_to_metric(fid_features_to_statistics(generated[torch.randint(400, (400,), generator=again)]),
+                                       real, False)["frechet_inception_distance"] for _ in range(20)]
+    assert fid_sampling_sd(generated, real, resamples=20, seed=7) == pytest.approx(np.std(theirs, ddof=1), rel=1e-6)
+
+
 def test_too_few_samples_for_fid_is_a_clear_error(mnist):
     with pytest.raises(TrilemmaError, match="needs more samples than feature dimensions"):
         compute_fidelity(mnist["train"].images[:100], mnist["test"].images)
