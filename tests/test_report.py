@@ -265,10 +265,50 @@ def test_comparison_weighs_fid_gaps_against_sampling_noise_and_says_when_devices
     table = pd.read_csv(tmp_path / "c" / "comparison.csv")
     md = (tmp_path / "c" / "report.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| model"))
-    ratios = [float(cell) for line in md.split(header)[1].splitlines()[2:7] for cell in [line.split("|")[-2]]]
     assert "FID Δ / noise" in header
+    ratios = _column(md, "FID Δ / noise")[:5]
     assert ratios == pytest.approx(list(table["fid Δ"].abs()[:5] / 0.5 ** 0.5), abs=0.06)
     assert "⚠ A ran on test cpu and B on other" in md
     make_run(tmp_path / "e", fail=None)
     assert main(["report", "--compare", str(tmp_path / "a"), str(tmp_path / "e"), "--out", str(tmp_path / "f")]) == 0
     assert "⚠ A ran on" not in (tmp_path / "f" / "report.md").read_text()
+
+
+def _column(md, heading):
+    """The cells of one column of the first table of a Markdown report, as floats."""
+    header = next(line for line in md.splitlines() if line.startswith("| model"))
+    at = [cell.strip() for cell in header.split("|")].index(heading)
+    return [float(line.split("|")[at]) for line in md.split(header)[1].splitlines()[2:] if line.startswith("|")]
+
+
+def test_comparison_quotes_the_training_seed_spread_of_another_run(tmp_path, capsys):
+    other = {**MANIFEST, "device": {"type": "cpu", "name": "other"}}
+    make_run(tmp_path / "a", seeds=(0,), fail=None)
+    make_run(tmp_path / "b", seeds=(0,), fail=None, offset=3.0, manifest=other)
+    spread_run = make_run(tmp_path / "seeds", seeds=(0, 1, 2), fail=None)
+    args = ["report", "--compare", str(tmp_path / "a"), str(tmp_path / "b")]
+    # One seed a side and no spread given: the device warning says how to get the yardstick.
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    md = (tmp_path / "plain" / "report.md").read_text()
+    assert "pass --seed-spread RUN" in md and "FID seed sd" not in md
+    assert main([*args, "--seed-spread", str(tmp_path / "seeds"), "--out", str(tmp_path / "c")]) == 0
+    table = pd.read_csv(tmp_path / "c" / "comparison.csv").set_index(["model", "sampler"])
+    expected = spread_run.groupby(["model", "sampler"])["fid"].std(ddof=1)
+    assert table["fid_seed_sd"].to_numpy() == pytest.approx(expected.reindex(table.index).to_numpy())
+    md = (tmp_path / "c" / "report.md").read_text()
+    # Two single-seed runs differ by sd·√2 when only the seed differs.
+    assert _column(md, "FID Δ / seed noise") == pytest.approx(
+        list(table["fid Δ"].abs() / (table["fid_seed_sd"] * 2 ** 0.5)), abs=0.06)
+    assert "the training-seed spread (FID seed sd) is the yardstick" in md and str(tmp_path / "seeds") in md
+    # A spread needs several seeds, and only means something beside a comparison.
+    assert main([*args, "--seed-spread", str(tmp_path / "a"), "--out", str(tmp_path / "d")]) == 2
+    assert "no model and sampler there has two or more seeds" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "a"), "--seed-spread", str(tmp_path / "seeds")]) == 2
+    assert "only applies with --compare" in capsys.readouterr().err
+    # Without --seed-spread, each side's own seeds (never the two sides' rows taken as seeds of one).
+    make_run(tmp_path / "a3", seeds=(0, 1, 2), fail=None)
+    assert main(["report", "--compare", str(tmp_path / "a3"), str(tmp_path / "b"), "--out", str(tmp_path / "e")]) == 0
+    own = pd.read_csv(tmp_path / "e" / "comparison.csv").set_index(["model", "sampler"])
+    a3 = pd.read_csv(tmp_path / "a3" / "results.csv").groupby(["model", "sampler"])["fid"].std(ddof=1)
+    assert own["fid_seed_sd"].to_numpy() == pytest.approx(a3.reindex(own.index).to_numpy())
+    assert "(from A's and B's own seeds)" in (tmp_path / "e" / "report.md").read_text()

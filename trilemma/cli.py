@@ -198,6 +198,9 @@ def build_parser(registries: Registries | None = None) -> argparse.ArgumentParse
                         help="pool or compare runs even when their protocols differ (or, compared, share no rows)")
     report.add_argument("--all-columns", action="store_true",
                         help="with --compare: every numeric column, not only the headline ones")
+    report.add_argument("--seed-spread", action="append", default=[], metavar="RUN",
+                        help="with --compare: quote FID's training-seed spread per row, measured in this run "
+                             "(several seeds; repeat to pool runs)")
 
     sanity = sub.add_parser("sanity", help="score sample sets of known order (real, noisy, blurred, blobs, noise, "
                                            "one class...) with every metric and list the pairs each mis-ranks")
@@ -397,7 +400,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.all_columns and not args.compare:
         raise TrilemmaError("--all-columns only applies with --compare")
-    render_runs(args.runs, out=args.out, force=args.force, compare=args.compare, all_columns=args.all_columns)
+    render_runs(args.runs, out=args.out, force=args.force, compare=args.compare, all_columns=args.all_columns,
+                spread_runs=args.seed_spread)
     return EXIT_OK
 
 

@@ -22,6 +22,7 @@ from trilemma.report_document import (
     row_marks,
     run_document,
     sample_grids,
+    seed_spread,
     shared_rows,
     write_document,
 )
@@ -49,11 +50,14 @@ def render_run(run_dir: Path) -> Path:
 
 
 def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool = False,
-                compare: bool = False, all_columns: bool = False) -> Path:
+                compare: bool = False, all_columns: bool = False, spread_runs: Sequence[Path] = ()) -> Path:
     """One run: its own report. Several: pool their rows (seeds) into one report under ``out``,
-    or with ``compare`` put two runs side by side (headline columns, or ``all_columns``).
+    or with ``compare`` put two runs side by side (headline columns, or ``all_columns``), quoting
+    FID's training-seed spread from ``spread_runs`` (pooled) when given.
     Protocols must agree, and compared runs share rows, unless ``force``."""
     run_dirs = [Path(r) for r in run_dirs]
+    if spread_runs and not compare:
+        raise TrilemmaError("--seed-spread only applies with --compare")
     if len(run_dirs) == 1 and not compare:
         path = render_run(run_dirs[0])
         print(f"wrote {path} and {path.with_suffix('.html')}")
@@ -72,8 +76,15 @@ def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool =
     directory = RunDirectory(out if out else Path("reports") / time.strftime("combined-%Y%m%d-%H%M%S"))
     directory.root.mkdir(parents=True, exist_ok=True)
     if compare:
+        spread, source = None, ""
+        if spread_runs:
+            spread_frames = [load_run(Path(r))[0].assign(run=str(r)) for r in spread_runs]
+            spread = seed_spread(check_poolable(pd.concat(spread_frames, ignore_index=True), force))
+            source = ", ".join(map(str, spread_runs))
+            if not spread:
+                raise TrilemmaError(f"--seed-spread {source}: no model and sampler there has two or more seeds")
         doc, table = comparison_document([str(r) for r in run_dirs], loaded[0][0], loaded[1][0], manifests,
-                                         columns_of(manifests), all_columns)
+                                         columns_of(manifests), all_columns, spread, source)
         directory.write_text(directory.file("comparison.csv"), table.to_csv(index=False))
     else:
         directory.write_results(frame)

@@ -384,10 +384,48 @@ def shared_rows(a: pd.DataFrame, b: pd.DataFrame) -> int:
     return len(set(map(tuple, a[list(KEY)].values)) & set(map(tuple, b[list(KEY)].values)))
 
 
+def seed_spread(frame: pd.DataFrame, column: str = "fid") -> dict[tuple[str, str], tuple[float, int]]:
+    """Per (model, sampler) with two or more successful seeds: the standard deviation of ``column``
+    over the training seeds (ddof 1) and how many seeds it was measured on."""
+    summary = aggregate(frame)
+    if f"{column}_std" not in summary:
+        return {}
+    return {(row["model"], row["sampler"]): (float(row[f"{column}_std"]), int(row["n_seeds"]))
+            for _, row in summary.iterrows() if row["n_seeds"] > 1 and math.isfinite(row[f"{column}_std"])}
+
+
+def _pooled_spread(*spreads: dict[tuple[str, str], tuple[float, int]]) -> dict[tuple[str, str], tuple[float, int]]:
+    """Several runs' seed spreads of the same rows pooled: √(Σ (n−1)·sd² / Σ (n−1)), the seeds summed."""
+    pooled: dict[tuple[str, str], tuple[float, int]] = {}
+    for key in dict.fromkeys(key for spread in spreads for key in spread):
+        parts = [spread[key] for spread in spreads if key in spread]
+        variance = sum((n - 1) * sd ** 2 for sd, n in parts) / sum(n - 1 for _, n in parts)
+        pooled[key] = (variance ** 0.5, sum(n for _, n in parts))
+    return pooled
+
+
+def _seed_noise_columns(table: pd.DataFrame, shown: pd.DataFrame, spread: dict[tuple[str, str], tuple[float, int]],
+                        a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """FID's training-seed sd and the FID Δ in units of it: a Δ between means of n_A and n_B seeds
+    has sd σ·√(1/n_A + 1/n_B) when the seeds alone differ."""
+    keys = list(zip(table["model"], table["sampler"], strict=True))
+    counts = [aggregate(side).set_index(list(KEY))["n_seeds"].to_dict() for side in (a, b)]
+    sd = [spread.get(key, (math.nan, 0))[0] for key in keys]
+    scale = [(1 / max(counts[0].get(key, 1), 1) + 1 / max(counts[1].get(key, 1), 1)) ** 0.5 for key in keys]
+    table["fid_seed_sd"] = sd
+    shown["FID seed sd"] = [_fmt(v, "{:.2f}") for v in sd]
+    shown["FID Δ / seed noise"] = [_fmt(abs(d) / (s * k), "{:.1f}")
+                                   for d, s, k in zip(table["fid Δ"], sd, scale, strict=True)]
+
+
 def comparison_document(names: Sequence[str], a: pd.DataFrame, b: pd.DataFrame, manifests: Sequence[dict[str, Any]],
-                        columns: Sequence[Column], all_columns: bool = False) -> tuple[ReportDocument, pd.DataFrame]:
+                        columns: Sequence[Column], all_columns: bool = False,
+                        spread: dict[tuple[str, str], tuple[float, int]] | None = None,
+                        spread_source: str = "") -> tuple[ReportDocument, pd.DataFrame]:
     """Two runs side by side: the document (under the columns' headings, formatted as the run
-    report formats them) and the raw comparison table."""
+    report formats them) and the raw comparison table. ``spread`` (from ``seed_spread``) is FID's
+    training-seed sd per row, measured in ``spread_source``; without it, A's and B's own seeds
+    give it where either has several."""
     table = comparison_table(a, b, columns, all_columns)
     shown = table[["model", "sampler"]].copy()
     for declared in _compared(columns, all_columns):
@@ -404,12 +442,24 @@ def comparison_document(names: Sequence[str], a: pd.DataFrame, b: pd.DataFrame, 
         shown["FID Δ / noise"] = [_fmt(v, "{:.1f}") for v in (table["fid Δ"].abs() / noise)]
         intro.append("FID Δ / noise: |Δ FID| over the two rows' sampling spreads combined (√(sd A² + sd B²)); "
                      "below about 2, the rows are not told apart by their samples.")
+    if spread is None:
+        spread, spread_source = _pooled_spread(seed_spread(a), seed_spread(b)), "A's and B's own seeds"
+    if spread and "fid Δ" in table:
+        _seed_noise_columns(table, shown, spread, a, b)
+        measured = sorted({n for _, n in spread.values()})
+        intro.append(f"FID seed sd: FID's standard deviation over {'/'.join(map(str, measured))} training seeds of "
+                     f"the same model and sampler (from {spread_source}); FID Δ / seed noise: |Δ FID| over the sd "
+                     "the Δ would have if only the training seed differed; below about 2, retraining alone could "
+                     "give the gap.")
     devices = [str(get_path(manifest, ("device", "name"))) for manifest in manifests]
     if len(set(devices)) > 1:
+        yardstick = ("the training-seed spread (FID seed sd) is the yardstick for it" if spread else
+                     "pass --seed-spread RUN (a run with several seeds of these models, such as reports/cpu-quick-seeds) "
+                     "to quote the training-seed spread beside each Δ")
         intro.append(f"⚠ A ran on {devices[0]} and B on {devices[1]}: the same seed trains to different numbers on "
                      "different hardware (kernels sum in other orders; bf16 paths differ: DCGAN's quick FID was 22.71 on "
-                     "an AMD EPYC and 23.29 on an Intel Xeon with AMX), so a Δ between devices includes that, beyond "
-                     "the sampling noise.")
+                     "an AMD EPYC and 23.29 on an Intel Xeon with AMX), so a Δ between devices is a Δ between training "
+                     f"runs, not the same run measured twice: {yardstick}.")
     doc = ReportDocument(title=f"trilemma: {names[0]} (A) against {names[1]} (B)", table=shown,
                          intro=" ".join(intro),
                          protocols=[(f"{side}: {name}", protocol_items(manifest))
