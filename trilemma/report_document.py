@@ -25,7 +25,8 @@ from trilemma.report_time import time_section
 from trilemma.rundir import RunDirectory
 
 SEEDS_NOTE = ("Arrows say which direction is better. With several seeds: mean ± half-width of the 95% bootstrap "
-              "interval of the mean.")
+              "interval of the mean, and the quality column's standard deviation over the training seeds "
+              "(\"seed sd\": how far one training run's value falls from another's).")
 FAILED_NOTE = ("Values in parentheses (grey in report.html) are what a failed row's metrics computed before it "
                "failed; they are shown, never ranked, compared or plotted.")
 
@@ -47,6 +48,7 @@ def headline_table(summary: pd.DataFrame, columns: Sequence[Column], marks: Sequ
     value for one; ``marks`` (one string per row, from the metrics' ``marks``) last when any is set."""
     table: dict[str, list[str]] = {"model": list(summary["model"]), "sampler": list(summary["sampler"]),
                                    "seeds": [str(n) for n in summary["n_seeds"]]}
+    quality = chart_axes(columns).get("quality")
     for declared in columns:
         column, title, fmt = declared.name, declared.heading, declared.fmt
         if not declared.headline or declared.is_family or column not in summary:
@@ -64,6 +66,8 @@ def headline_table(summary: pd.DataFrame, columns: Sequence[Column], marks: Sequ
                 cell += " ± " + _fmt(half, fmt.replace(",", ""))
             cells.append(cell)
         table[title] = cells
+        if declared is quality and f"{column}_std" in summary and (summary["n_seeds"] > 1).any():
+            table[f"{title} seed sd"] = [_fmt(v, fmt.replace(",", "")) for v in summary[f"{column}_std"]]
     table["status"] = ["ok" if f == 0 else f"{f} failed" for f in summary["failed"]]
     if any(marks):
         table["marks"] = list(marks)
