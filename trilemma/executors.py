@@ -183,7 +183,9 @@ def _worker_loop(connection: Connection, settings: ExecutionSettings, environmen
         if cell is None:
             return
         try:
-            outcome: object = run_cell_in_worker(cell, settings, environment)
+            done = run_cell_in_worker(cell, settings, environment)
+            done.log_lines = []  # printed here already; the driver has no use for a copy
+            outcome: object = done
         except BaseException as exc:  # noqa: BLE001 - handed to the driver, which fails this cell's rows
             outcome = RuntimeError(f"{type(exc).__name__}: {exc}")
         connection.send(outcome)
