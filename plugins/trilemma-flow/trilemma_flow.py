@@ -33,18 +33,58 @@ class GlowConfig(trilemma.ModelConfig):
     logit_alpha: float = 0.05
     lr: float = 1e-3
     temperature: float = 1.0  # of the latent Gaussian when sampling
-    # Coupling scale σ(h + 2) (Glow's): "sigmoid" divides by it when generating, and the quick
-    # preset's flow then gave 21% non-finite samples; "sigmoid_inv" multiplies by it when generating
-    # (so generation cannot blow up) and divides when computing the density.
-    scale_map: Literal["sigmoid", "sigmoid_inv", "exp"] = "sigmoid_inv"
+    # How a coupling's network output h becomes its scale. "softclamp": exp of the soft-clamped
+    # log-scale (2α/π)·atan(h/α) (Ardizzone et al. 2019), so each coupling stretches or shrinks by at
+    # most e^α in either direction. Glow's σ(h + 2) is bounded on one side only: "sigmoid" divides by
+    # it when generating (the quick flow gave 21% non-finite samples), "sigmoid_inv" divides by it when
+    # computing the density, and there a batch with an atypical image, amplified ~50× by each of
+    # several couplings, overflowed at step 1838 of a 17,017-step run (measured: the couplings'
+    # outputs went from |h| < 10 to 10^6 in one step, every parameter still small).
+    scale_map: Literal["softclamp", "sigmoid", "sigmoid_inv", "exp"] = "softclamp"
+    scale_clamp: float = 2.0  # α of "softclamp"
+
+
+class SoftClampCoupling(nf.flows.AffineCoupling):
+    """An affine coupling whose log-scale is soft-clamped, s = (2α/π)·atan(h/α) (Ardizzone et al. 2019,
+    "Guided Image Generation with Conditional Invertible Neural Networks", their soft clamping):
+    near h for small h, never beyond ±α, so neither direction can stretch a coupling's input by more
+    than e^α. normflows' conventions: ``forward`` generates, ``inverse`` maps data to latents."""
+
+    def __init__(self, param_map: nn.Module, clamp: float) -> None:
+        super().__init__(param_map, scale=True, scale_map="exp")
+        self.clamp = clamp
+
+    def _shift_and_log_scale(self, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        param = self.param_map(z1)
+        return param[:, 0::2], (2 * self.clamp / math.pi) * torch.atan(param[:, 1::2] / self.clamp)
+
+    def forward(self, z: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        z1, z2 = z
+        shift, log_scale = self._shift_and_log_scale(z1)
+        return [z1, z2 * torch.exp(log_scale) + shift], log_scale.flatten(1).sum(1)
+
+    def inverse(self, z: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        z1, z2 = z
+        shift, log_scale = self._shift_and_log_scale(z1)
+        return [z1, (z2 - shift) * torch.exp(-log_scale)], -log_scale.flatten(1).sum(1)
+
+
+def glow_block(channels: int, c: GlowConfig) -> nf.flows.GlowBlock:
+    """normflows' Glow block (coupling, 1×1 convolution, ActNorm), its coupling soft-clamped when asked."""
+    library_map = "exp" if c.scale_map == "softclamp" else c.scale_map
+    block = nf.flows.GlowBlock(channels, c.hidden_channels, split_mode="channel", scale=True, scale_map=library_map)
+    if c.scale_map == "softclamp":
+        for coupling_block in block.flows:
+            if isinstance(coupling_block, nf.flows.AffineCouplingBlock):
+                coupling_block.flows[1] = SoftClampCoupling(coupling_block.flows[1].param_map, c.scale_clamp)
+    return block
 
 
 def glow(channels: int, c: GlowConfig) -> nf.MultiscaleFlow:
     """The multiscale flow of normflows' Glow example, sized for 28×28 images."""
     q0, merges, flows = [], [], []
     for i in range(c.levels):
-        level = [nf.flows.GlowBlock(channels * 2 ** (c.levels + 1 - i), c.hidden_channels, split_mode="channel",
-                                    scale=True, scale_map=c.scale_map) for _ in range(c.blocks_per_level)]
+        level = [glow_block(channels * 2 ** (c.levels + 1 - i), c) for _ in range(c.blocks_per_level)]
         flows.append([*level, nf.flows.Squeeze()])
         if i > 0:
             merges.append(nf.flows.Merge())
@@ -79,7 +119,9 @@ class Glow(trilemma.GenerativeModel):
         # At lr 1e-3 the quick run diverged at step 659 (seed 0, a 2-core AMD EPYC). At 5e-4 it trained
         # there but diverged at step 529 (non-finite NLL) on a 2-core Intel Xeon with AVX-512 and AMX,
         # deterministically (fp32, one thread: the kernels' summation order differs); 3e-4 and 2e-4
-        # trained on both. 2e-4 leaves a margin.
+        # trained on both. 2e-4 leaves a margin. Those divergences were σ(h + 2) couplings (0.2.x); at 2e-4
+        # they still overflowed at step 1838 of the 17,017 steps of a 0.02-PFLOP run, which the
+        # soft-clamped couplings of 0.3.0 prevent by construction.
         "quick": {"config": {"blocks_per_level": 4, "hidden_channels": 32, "lr": 2e-4},
                   "budget": {"train_images": 48_000, "batch_size": 64}},
         "standard": {"budget": {"train_images": 1_280_000, "batch_size": 128}},
