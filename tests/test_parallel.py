@@ -1,6 +1,13 @@
 """Parallel cells on one machine (issue 27, item 2): `--jobs N` runs N cells at once in worker
 processes, with the serial run's rows; a worker that dies fails only its own cell."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from helpers import cli_env, run_and_kill_first_worker, trilemma_cli
@@ -88,3 +95,56 @@ def test_a_killed_worker_fails_its_own_cell_and_the_others_finish(site, tmp_path
     rows = pd.read_csv(out / "results.csv").set_index("model")
     assert rows.loc["tiny", "status"] == "ok"
     assert rows.loc["victim", "status"] == "failed" and "exited with code -9" in rows.loc["victim", "error"]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # exited; only its reaping is left
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_workers_stop_when_their_driver_is_killed(site, tmp_path):
+    """A driver killed outright runs no clean-up; its workers must not train on (measured: two orphaned
+    workers of a killed quick run trained on for 25 minutes beside the next run, five processes on two cores)."""
+    pids = tmp_path / "pids"
+    env = cli_env(site, allow="fakes,victim", TRILEMMA_TEST_PIDS=str(pids), PYTHONUNBUFFERED="1")
+    workers: list[int] = []
+    run = subprocess.Popen([sys.executable, "-m", "trilemma", "run", "victim", "tiny", "--preset", "smoke", "--steps", "500",
+                            "--jobs", "2", "--out", str(tmp_path / "run"), "--no-progress"],
+                           env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (pids.exists() and pids.read_text().strip()):
+            time.sleep(0.2)
+        workers = _children(run.pid)
+        assert int(pids.read_text().split()[0]) in workers and len(workers) == 2
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+        deadline = time.time() + 20
+        while time.time() < deadline and not all(map(_gone, workers)):
+            time.sleep(0.2)
+        assert all(map(_gone, workers)), "workers train on after their driver was killed"
+    finally:
+        if run.poll() is None:
+            run.kill()
+        for pid in workers:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _children(parent: int) -> list[int]:
+    """The processes whose parent is ``parent`` (the driver's workers; multiprocessing's resource
+    tracker is one too, and leaves with its pipe)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().split(")")[-1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and "spawn_main" in Path(stat.parent, "cmdline").read_text(errors="replace"):
+            found.append(int(stat.parent.name))
+    return found

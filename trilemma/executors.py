@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from multiprocessing.connection import Connection
@@ -114,7 +116,8 @@ class LocalExecutor(Executor):
 
         def start_worker() -> None:
             driver, worker = context.Pipe(duplex=True)
-            process = context.Process(target=_worker_loop, args=(worker, settings, environment), daemon=True)
+            process = context.Process(target=_worker_loop, args=(worker, settings, environment, os.getpid()),
+                                      daemon=True)
             process.start()
             worker.close()
             workers.append((process, driver))
@@ -172,9 +175,20 @@ class LocalExecutor(Executor):
                     process.kill()
 
 
-def _worker_loop(connection: Connection, settings: ExecutionSettings, environment: dict[str, str]) -> None:
+def _exit_with(driver: int, every: float = 1.0) -> None:
+    """Stop this process once the driver ``driver`` is gone. A driver killed outright (SIGKILL, or a
+    SIGTERM it does not catch) runs no clean-up, and its workers would otherwise train on for hours,
+    holding the cores, on rows no one will record."""
+    while os.getppid() == driver:
+        time.sleep(every)
+    os._exit(1)
+
+
+def _worker_loop(connection: Connection, settings: ExecutionSettings, environment: dict[str, str],
+                 driver: int) -> None:
     """A worker: run the cells it is sent, one at a time, and send back each outcome (or what went
-    wrong outside the cell); ``None`` ends it."""
+    wrong outside the cell); ``None`` ends it, and so does its driver's end."""
+    threading.Thread(target=_exit_with, args=(driver,), name="exit-with-driver", daemon=True).start()
     while True:
         try:
             cell = connection.recv()
