@@ -67,7 +67,7 @@ def headline_table(summary: pd.DataFrame, columns: Sequence[Column], marks: Sequ
             cells.append(cell)
         table[title] = cells
         if declared is quality and f"{column}_std" in summary and (summary["n_seeds"] > 1).any():
-            table[f"{title} seed sd"] = [_fmt(v, fmt.replace(",", "")) for v in summary[f"{column}_std"]]
+            table[f"{declared.title or column} seed sd"] = [_fmt(v, fmt.replace(",", "")) for v in summary[f"{column}_std"]]
     table["status"] = ["ok" if f == 0 else f"{f} failed" for f in summary["failed"]]
     if any(marks):
         table["marks"] = list(marks)
