@@ -310,6 +310,7 @@ def test_comparison_quotes_the_training_seed_spread_of_another_run(tmp_path, cap
     # A spread needs several seeds, and only means something beside a comparison.
     assert main([*args, "--seed-spread", str(tmp_path / "a"), "--out", str(tmp_path / "d")]) == 2
     assert "no model and sampler there has two or more seeds" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # refused before anything is written
     assert main(["report", str(tmp_path / "a"), "--seed-spread", str(tmp_path / "seeds")]) == 2
     assert "only applies with --compare" in capsys.readouterr().err
     # Without --seed-spread, each side's own seeds (never the two sides' rows taken as seeds of one).

@@ -70,19 +70,18 @@ def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool =
     if compare and not force and not shared_rows(loaded[0][0], loaded[1][0]):
         raise TrilemmaError(f"{run_dirs[0]} and {run_dirs[1]} share no (model, sampler) rows: nothing to compare "
                             "(add --force to write the side-by-side anyway)")
-    if not compare:  # refused before anything is written
-        frame = check_poolable(pd.concat([f.assign(run=str(r)) for (f, _), r in zip(loaded, run_dirs, strict=True)],
-                                         ignore_index=True), force)
+    # Refused before anything is written: rows that do not pool, a spread with nothing to quote.
+    if not compare:
+        frame = _pooled_rows(run_dirs, [f for f, _ in loaded], force)
+    spread, source = None, ""
+    if spread_runs:
+        spread = seed_spread(_pooled_rows(spread_runs, [load_run(Path(r))[0] for r in spread_runs], force))
+        source = ", ".join(map(str, spread_runs))
+        if not spread:
+            raise TrilemmaError(f"--seed-spread {source}: no model and sampler there has two or more seeds")
     directory = RunDirectory(out if out else Path("reports") / time.strftime("combined-%Y%m%d-%H%M%S"))
     directory.root.mkdir(parents=True, exist_ok=True)
     if compare:
-        spread, source = None, ""
-        if spread_runs:
-            spread_frames = [load_run(Path(r))[0].assign(run=str(r)) for r in spread_runs]
-            spread = seed_spread(check_poolable(pd.concat(spread_frames, ignore_index=True), force))
-            source = ", ".join(map(str, spread_runs))
-            if not spread:
-                raise TrilemmaError(f"--seed-spread {source}: no model and sampler there has two or more seeds")
         doc, table = comparison_document([str(r) for r in run_dirs], loaded[0][0], loaded[1][0], manifests,
                                          columns_of(manifests), all_columns, spread, source)
         directory.write_text(directory.file("comparison.csv"), table.to_csv(index=False))
@@ -97,6 +96,13 @@ def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool =
     path = write_document(directory, doc)
     print(f"wrote {path} and {path.with_suffix('.html')}")
     return path
+
+
+def _pooled_rows(run_dirs: Sequence[Path], frames: Sequence[pd.DataFrame], force: bool) -> pd.DataFrame:
+    """Several runs' rows as one frame, each tagged with its run, refused unless they pool (one
+    identity per row, each seed once) or ``force``."""
+    return check_poolable(pd.concat([f.assign(run=str(r)) for f, r in zip(frames, run_dirs, strict=True)],
+                                    ignore_index=True), force)
 
 
 def print_summary(run_dir: Path) -> None:

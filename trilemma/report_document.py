@@ -364,7 +364,12 @@ def comparison_table(a: pd.DataFrame, b: pd.DataFrame, columns: Sequence[Column]
                      all_columns: bool = False) -> pd.DataFrame:
     """Rows matched by (model, sampler): A, B and B − A for each numeric headline column (every
     declared numeric column with ``all_columns``), under the columns' names."""
-    sa, sb = aggregate(a).set_index(KEY), aggregate(b).set_index(KEY)
+    return _comparison_table(aggregate(a), aggregate(b), columns, all_columns)
+
+
+def _comparison_table(summary_a: pd.DataFrame, summary_b: pd.DataFrame, columns: Sequence[Column],
+                      all_columns: bool) -> pd.DataFrame:
+    sa, sb = summary_a.set_index(KEY), summary_b.set_index(KEY)
     compared = [c.name for c in _compared(columns, all_columns) if c.name in sa or c.name in sb]
     keys = list(dict.fromkeys([*sa.index, *sb.index]))
     records = []
@@ -391,7 +396,10 @@ def shared_rows(a: pd.DataFrame, b: pd.DataFrame) -> int:
 def seed_spread(frame: pd.DataFrame, column: str = "fid") -> dict[tuple[str, str], tuple[float, int]]:
     """Per (model, sampler) with two or more successful seeds: the standard deviation of ``column``
     over the training seeds (ddof 1) and how many seeds it was measured on."""
-    summary = aggregate(frame)
+    return _spread(aggregate(frame), column)
+
+
+def _spread(summary: pd.DataFrame, column: str = "fid") -> dict[tuple[str, str], tuple[float, int]]:
     if f"{column}_std" not in summary:
         return {}
     return {(row["model"], row["sampler"]): (float(row[f"{column}_std"]), int(row["n_seeds"]))
@@ -409,11 +417,11 @@ def _pooled_spread(*spreads: dict[tuple[str, str], tuple[float, int]]) -> dict[t
 
 
 def _seed_noise_columns(table: pd.DataFrame, shown: pd.DataFrame, spread: dict[tuple[str, str], tuple[float, int]],
-                        a: pd.DataFrame, b: pd.DataFrame) -> None:
+                        summary_a: pd.DataFrame, summary_b: pd.DataFrame) -> None:
     """FID's training-seed sd and the FID Δ in units of it: a Δ between means of n_A and n_B seeds
     has sd σ·√(1/n_A + 1/n_B) when the seeds alone differ."""
     keys = list(zip(table["model"], table["sampler"], strict=True))
-    counts = [aggregate(side).set_index(list(KEY))["n_seeds"].to_dict() for side in (a, b)]
+    counts = [summary.set_index(KEY)["n_seeds"].to_dict() for summary in (summary_a, summary_b)]
     sd = [spread.get(key, (math.nan, 0))[0] for key in keys]
     scale = [(1 / max(counts[0].get(key, 1), 1) + 1 / max(counts[1].get(key, 1), 1)) ** 0.5 for key in keys]
     table["fid_seed_sd"] = sd
@@ -430,7 +438,8 @@ def comparison_document(names: Sequence[str], a: pd.DataFrame, b: pd.DataFrame, 
     report formats them) and the raw comparison table. ``spread`` (from ``seed_spread``) is FID's
     training-seed sd per row, measured in ``spread_source``; without it, A's and B's own seeds
     give it where either has several."""
-    table = comparison_table(a, b, columns, all_columns)
+    summary_a, summary_b = aggregate(a), aggregate(b)  # once: each is a bootstrap over every column
+    table = _comparison_table(summary_a, summary_b, columns, all_columns)
     shown = table[["model", "sampler"]].copy()
     for declared in _compared(columns, all_columns):
         if f"{declared.name} A" not in table:
@@ -447,9 +456,9 @@ def comparison_document(names: Sequence[str], a: pd.DataFrame, b: pd.DataFrame, 
         intro.append("FID Δ / noise: |Δ FID| over the two rows' sampling spreads combined (√(sd A² + sd B²)); "
                      "below about 2, the rows are not told apart by their samples.")
     if spread is None:
-        spread, spread_source = _pooled_spread(seed_spread(a), seed_spread(b)), "A's and B's own seeds"
+        spread, spread_source = _pooled_spread(_spread(summary_a), _spread(summary_b)), "A's and B's own seeds"
     if spread and "fid Δ" in table:
-        _seed_noise_columns(table, shown, spread, a, b)
+        _seed_noise_columns(table, shown, spread, summary_a, summary_b)
         measured = sorted({n for _, n in spread.values()})
         intro.append(f"FID seed sd: FID's standard deviation over {'/'.join(map(str, measured))} training seeds of "
                      f"the same model and sampler (from {spread_source}); FID Δ / seed noise: |Δ FID| over the sd "
