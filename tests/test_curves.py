@@ -6,11 +6,14 @@ import pytest
 import torch
 
 from trilemma.cli import main
+from trilemma.columns import Column
 from trilemma.curves import CurveFile, curve_points, curve_sampler_names
 from trilemma.presets import PRESETS
 from trilemma.report_curves import IMPROVING_MARK, curve_marks, improvements
 from trilemma.samplers import SamplerSpec
 from trilemma.train import Budget, train
+
+FID = [Column("fid", better="lower", title="FID", curve_rank=1)]
 
 
 def test_points_are_log_spaced_whole_steps_before_the_end():
@@ -64,11 +67,25 @@ def test_still_improving_compares_the_last_doubling_and_marks_every_row_of_the_m
                            for s, f in ((10, 100.0), (20, 60.0), (40, 40.0))]
                           + [{"model": "n", "sampler": "a", "seed": 0, "step": s, "fid": f}
                              for s, f in ((10, 50.0), (20, 30.0), (40, 29.0))])
-    found = improvements(curves).set_index("model")
+    found = improvements(curves, FID).set_index("model")
     assert found.loc["m", "improved"] == pytest.approx(1 / 3) and found.loc["m", "before_step"] == 20
     assert found.loc["n", "improved"] == pytest.approx(1 / 30)
     summary = pd.DataFrame({"model": ["m", "m", "n"], "sampler": ["a", "b", "a"]})
-    assert curve_marks(summary, curves) == [IMPROVING_MARK, IMPROVING_MARK, ""]
+    assert curve_marks(summary, curves, FID) == [IMPROVING_MARK, IMPROVING_MARK, ""]
+
+
+def test_the_curves_follow_the_highest_ranked_measured_column_whatever_its_name_and_direction():
+    from trilemma.report_curves import curve_metric
+
+    columns = [Column("fid", better="lower", curve_rank=1), Column("sharpness", better="higher", curve_rank=5),
+               Column("ae_fid", better="lower", curve_rank=2), Column("kid_mean", better="lower")]
+    curves = pd.DataFrame([{"model": "m", "sampler": "a", "seed": 0, "step": s, "fid": f, "ae_fid": None,
+                            "sharpness": h, "kid_mean": 0.1} for s, f, h in ((10, 50.0, 0.2), (20, 49.0, 0.5))])
+    assert curve_metric(curves, columns).name == "sharpness"  # a third party's metric, ranked highest
+    # Higher is better: 0.2 → 0.5 is an improvement of 150%, not a worsening.
+    assert improvements(curves, columns).loc[0, "improved"] == pytest.approx(1.5)
+    assert curve_metric(curves.drop(columns="sharpness"), columns).name == "fid"  # ae_fid never measured
+    assert curve_metric(curves, [Column("kid_mean")]) is None and improvements(curves, []).empty
 
 
 def test_a_run_with_curves_records_them_reports_them_and_keeps_the_rows_of_a_run_without(fake_registries, tmp_path):
@@ -108,6 +125,6 @@ def test_models_whose_steps_round_differently_share_one_column_per_budget_share(
     assert budget_shares(curves["fraction"]) == {188 / 1500: 0.125, 38 / 300: 0.125, 0.125: 0.125,
                                                  0.25: 0.25, 1.0: 1.0}
     frame = pd.DataFrame({"model": list(points), "train_gflop_per_step": [1.0, 1.0, 1.0]})
-    section = curves_section(curves, frame, tmp_path)
+    section = curves_section(curves, frame, tmp_path, FID)
     assert [c for c in section.table.columns if c.endswith("%")] == ["12.5%", "25%", "100%"]
     assert section.table.loc[section.table["model"] == "b", "12.5%"].item() == f"{100 - 38 / 300:.1f}"

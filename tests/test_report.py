@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from trilemma.cli import main
+from trilemma.columns import Column
 from trilemma.errors import TrilemmaError
 from trilemma.plots import pareto_frontier
 from trilemma.report import aggregate, bootstrap_interval, columns_of, comparison_table, render_run, render_runs
@@ -93,6 +94,9 @@ def test_report_has_every_model_failures_and_non_empty_pngs(tmp_path):
     assert '<div class="scroll"><table' in html  # a wide table scrolls inside the page
     assert "`" not in html.split("</h1>")[0]  # no Markdown backticks in the HTML heading
     assert "NFE ↓" in md and " 100 ± " not in md and "± 0 " not in md  # a constant has no "± 0"
+    (run / "plots" / "trilemma.png").rename(run / "plots" / "a_figure_since_renamed.png")
+    render_run(run)  # rendered again: the earlier rendering's figure of another name is gone
+    assert sorted(p.name for p in (run / "plots").glob("*.png")) == [p.name for p in pngs]
 
 
 def test_pooling_seeds_from_several_runs(tmp_path):
@@ -320,3 +324,34 @@ def test_comparison_quotes_the_training_seed_spread_of_another_run(tmp_path, cap
     a3 = pd.read_csv(tmp_path / "a3" / "results.csv").groupby(["model", "sampler"])["fid"].std(ddof=1)
     assert own["fid_seed_sd"].to_numpy() == pytest.approx(a3.reindex(own.index).to_numpy())
     assert "(from A's and B's own seeds)" in (tmp_path / "e" / "report.md").read_text()
+
+
+def test_the_noise_columns_weigh_the_declared_quality_axis_whatever_it_is_called(tmp_path):
+    # A stranger's run whose quality axis is its own metric, with its own sampling-spread column.
+    columns = [Column("model", text=True), Column("sampler", text=True), Column("seed"),
+               Column("sharpness", better="higher", headline=True, title="sharp", axis="quality",
+                      spread="sharpness_sd", fmt="{:.2f}"),
+               Column("sharpness_sd", headline=True, fmt="{:.2f}"), Column("fid", better="lower", headline=True)]
+    manifest = {**MANIFEST, "columns": [c.to_dict() for c in columns]}
+    for name, offset, seeds in (("a", 0.0, (0, 1, 2)), ("b", 2.0, (0,))):
+        make_run(tmp_path / name, seeds=seeds, fail=None, manifest=manifest).assign(
+            sharpness=lambda f, o=offset: f["fid"] + o, sharpness_sd=0.25).to_csv(
+            tmp_path / name / "results.csv", index=False)
+    assert main(["report", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 0
+    md = (tmp_path / "c" / "report.md").read_text()
+    table = pd.read_csv(tmp_path / "c" / "comparison.csv")
+    assert _column(md, "sharp Δ / noise") == pytest.approx(list(table["sharpness Δ"].abs() / 0.125 ** 0.5), abs=0.06)
+    assert "sharp seed sd" in md and "sharpness_seed_sd" in table and "FID Δ / noise" not in md
+    own = pd.read_csv(tmp_path / "a" / "results.csv").groupby(["model", "sampler"])["sharpness"].std(ddof=1)
+    assert table.set_index(["model", "sampler"])["sharpness_seed_sd"].to_numpy() == pytest.approx(
+        own.reindex(table.set_index(["model", "sampler"]).index).to_numpy())
+
+
+def test_columns_recorded_before_a_declaration_field_existed_take_it_from_todays_declaration():
+    today = {c.name: c for c in columns_of([{}])}  # no recorded columns: the registered metrics'
+    assert today["fid"].spread == "fid_sd" and today["ae_fid"].curve_rank > today["fid"].curve_rank > 0
+    old = [{k: v for k, v in c.to_dict().items() if k not in ("spread", "curve_rank")} for c in today.values()]
+    upgraded = {c.name: c for c in columns_of([{"columns": old}])}
+    assert upgraded == today
+    old[0]["title"] = "as recorded"
+    assert columns_of([{"columns": old}])[0].title == "as recorded"  # what was recorded is kept

@@ -30,7 +30,10 @@ class Column:
     (read back as text, empty where missing). ``judged`` says how ``trilemma sanity`` holds a
     column with a ``better`` direction to a person's order: ``quality`` (how the samples look: real
     digits best, each degradation worse, digits above blobs and noise), ``coverage`` (which classes
-    are there: fewer classes worse, digits above non-digits) or ``none`` (something else, copying)."""
+    are there: fewer classes worse, digits above non-digits) or ``none`` (something else, copying).
+    ``spread`` names the column holding this one's sampling spread (its sd over the draw alone), which
+    ``report --compare`` weighs the quality axis's gaps against. The learning curves follow the
+    measured column with the highest ``curve_rank`` (0: never a curve's metric)."""
 
     name: str
     better: Literal["lower", "higher"] | None = None
@@ -42,6 +45,8 @@ class Column:
     axis: Literal["quality", "speed", "coverage", "cost"] | None = None
     text: bool = False
     judged: Literal["quality", "coverage", "none"] = "quality"
+    spread: str = ""
+    curve_rank: int = 0
 
     @property
     def is_family(self) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from trilemma.columns import chart_axes
 from trilemma.errors import TrilemmaError
 from trilemma.report_document import (
     comparison_document,
@@ -75,7 +76,11 @@ def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool =
         frame = _pooled_rows(run_dirs, [f for f, _ in loaded], force)
     spread, source = None, ""
     if spread_runs:
-        spread = seed_spread(_pooled_rows(spread_runs, [load_run(Path(r))[0] for r in spread_runs], force))
+        quality = chart_axes(columns_of(manifests)).get("quality")
+        if quality is None:
+            raise TrilemmaError("--seed-spread: the runs declare no quality column to quote a spread of")
+        spread = seed_spread(_pooled_rows(spread_runs, [load_run(Path(r))[0] for r in spread_runs], force),
+                             quality.name)
         source = ", ".join(map(str, spread_runs))
         if not spread:
             raise TrilemmaError(f"--seed-spread {source}: no model and sampler there has two or more seeds")

@@ -1,37 +1,40 @@
 """The report's "Learning curves" section and its "still improving" marks (issue 24).
 
-A headline row is marked when its model's curve metric (FID in the autoencoder's space where it
-was measured, else the classifier's) improved by more than ``IMPROVING_SHARE`` over the last
-doubling of its budget, from the curve point at half the budget (or the nearest before it) to the
-last: a reader sees at a glance which rows show their budget rather than their method.
+A headline row is marked when its model's curve metric (the measured column with the highest
+declared ``curve_rank``: FID in the autoencoder's space where it was measured, else the
+classifier's) improved by more than ``IMPROVING_SHARE`` over the last doubling of its budget, from
+the curve point at half the budget (or the nearest before it) to the last: a reader sees at a
+glance which rows show their budget rather than their method.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from trilemma.columns import Column, chart_axes
 from trilemma.metrics import ReportSection
 
 IMPROVING_SHARE = 0.10
 IMPROVING_MARK = "↗ still improving"
 
 
-def curve_metric(curves: pd.DataFrame) -> str | None:
-    for column in ("ae_fid", "fid"):
-        if column in curves and curves[column].notna().any():
-            return column
-    return None
+def curve_metric(curves: pd.DataFrame, columns: Sequence[Column]) -> Column | None:
+    """The curves' metric: of the declared columns with a ``curve_rank``, the highest-ranked one measured."""
+    ranked = sorted((c for c in columns if c.curve_rank > 0), key=lambda c: -c.curve_rank)
+    return next((c for c in ranked if c.name in curves and curves[c.name].notna().any()), None)
 
 
-def improvements(curves: pd.DataFrame) -> pd.DataFrame:
+def improvements(curves: pd.DataFrame, columns: Sequence[Column]) -> pd.DataFrame:
     """Per (model, sampler): the curve metric at the last point and at the point of the last doubling,
-    seeds averaged, and the share it improved by."""
-    metric = curve_metric(curves)
-    if metric is None:
+    seeds averaged, and the share it improved by (its decrease for a lower-is-better metric)."""
+    declared = curve_metric(curves, columns)
+    if declared is None:
         return pd.DataFrame()
+    metric, sign = declared.name, -1.0 if declared.better == "higher" else 1.0
     means = curves.dropna(subset=[metric]).groupby(["model", "sampler", "step"])[metric].mean().reset_index()
     records = []
     for (model, sampler), line in means.groupby(["model", "sampler"], sort=False):
@@ -41,21 +44,21 @@ def improvements(curves: pd.DataFrame) -> pd.DataFrame:
         if earlier.empty:
             continue
         before = earlier.iloc[-1]
-        share = (before[metric] - last[metric]) / before[metric] if before[metric] > 0 else math.nan
+        share = sign * (before[metric] - last[metric]) / abs(before[metric]) if before[metric] != 0 else math.nan
         records.append({"model": model, "sampler": sampler, "metric": metric, "before_step": int(before["step"]),
                         "before": before[metric], "last_step": int(last["step"]), "last": last[metric],
                         "improved": share})
     return pd.DataFrame(records)
 
 
-def improving_models(curves: pd.DataFrame) -> set[str]:
-    found = improvements(curves)
+def improving_models(curves: pd.DataFrame, columns: Sequence[Column]) -> set[str]:
+    found = improvements(curves, columns)
     return set(found.loc[found["improved"] > IMPROVING_SHARE, "model"]) if not found.empty else set()
 
 
-def curve_marks(summary: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
+def curve_marks(summary: pd.DataFrame, curves: pd.DataFrame, columns: Sequence[Column]) -> list[str]:
     """``IMPROVING_MARK`` for each headline row whose model's curve is still improving."""
-    improving = improving_models(curves) if not curves.empty else set()
+    improving = improving_models(curves, columns) if not curves.empty else set()
     return [IMPROVING_MARK if model in improving else "" for model in summary["model"]]
 
 
@@ -77,13 +80,15 @@ def budget_shares(fractions: pd.Series) -> dict[float, float]:
     return {value: name(group) for group in groups for value in group}
 
 
-def curves_section(curves: pd.DataFrame, frame: pd.DataFrame, plots_dir: Path) -> ReportSection | None:
+def curves_section(curves: pd.DataFrame, frame: pd.DataFrame, plots_dir: Path,
+                   columns: Sequence[Column]) -> ReportSection | None:
     """A table of the curve metric at each point, the marks, and the curves against images and PFLOP."""
     from trilemma import plots
 
-    metric = curve_metric(curves)
-    if metric is None:
+    declared = curve_metric(curves, columns)
+    if declared is None:
         return None
+    metric = declared.name
     curves = curves.copy()
     per_step = frame.groupby("model")["train_gflop_per_step"].mean() if "train_gflop_per_step" in frame else {}
     # A student's compute starts where its teacher's training ended: the teacher's PFLOP are counted.
@@ -96,12 +101,12 @@ def curves_section(curves: pd.DataFrame, frame: pd.DataFrame, plots_dir: Path) -
              .sort_index(axis=1))
     table = pivot.map(lambda v: "–" if not math.isfinite(v) else f"{v:.1f}")
     table.columns = [f"{100 * c:.3g}%" for c in table.columns]
-    found = improvements(curves)
+    found = improvements(curves, columns)
     shares = {(r.model, r.sampler): r.improved for r in found.itertuples()} if not found.empty else {}
     table["last doubling"] = [f"{shares.get(key, math.nan):+.0%}".replace("+nan%", "–") for key in table.index]
     table["mark"] = [IMPROVING_MARK if shares.get(key, 0) > IMPROVING_SHARE else "" for key in table.index]
     table = table.reset_index()
-    title = {"ae_fid": "FID in the autoencoder space", "fid": "FID"}[metric]
+    title = declared.title or metric
     marked = sorted({m for (m, _), share in shares.items() if share > IMPROVING_SHARE})
     samples = ", ".join(f"{n:g}" for n in sorted(curves["samples"].dropna().unique())) if "samples" in curves else "?"
     notes = [f"Each cell was also evaluated at shares of its training budget on {samples} samples of its curve "
@@ -119,7 +124,9 @@ def curves_section(curves: pd.DataFrame, frame: pd.DataFrame, plots_dir: Path) -
             curves, "train_pflop", metric, "training PFLOP (log; counted FLOPs per step × steps, a student's "
             "teachers' included)", title, path),
     }
-    if "recognised_share" in curves:
-        figures["Recognised share against training images"] = lambda path: plots.learning_curves(
-            curves, "images_seen", "recognised_share", "training images (log)", "recognised share", path)
+    coverage = chart_axes(columns).get("coverage")
+    if coverage is not None and coverage.name in curves and curves[coverage.name].notna().any():
+        label = coverage.title or coverage.name.replace("_", " ")
+        figures[f"{label[:1].upper()}{label[1:]} against training images"] = lambda path: plots.learning_curves(
+            curves, "images_seen", coverage.name, "training images (log)", label, path)
     return ReportSection("Learning curves", table, notes, figures)

@@ -326,9 +326,15 @@ def _environment(base: Path, autoescape: bool) -> jinja2.Environment:
 
 
 def write_document(out: RunDirectory, doc: ReportDocument) -> Path:
-    """``report.md`` and ``report.html`` of ``doc`` in ``out``."""
+    """``report.md`` and ``report.html`` of ``doc`` in ``out``; the plots an earlier rendering drew
+    and this one did not (a figure renamed or gone) are removed, so none is left unreferenced (a
+    document without figures, a comparison, leaves the directory's plots alone)."""
     out.write_text(out.report_md, _environment(out.root, False).from_string(MARKDOWN).render(doc=doc))
     out.write_text(out.report_html, _environment(out.root, True).from_string(HTML).render(doc=doc))
+    drawn = {path.resolve() for path in doc.figures.values()}
+    for stale in sorted(out.plots_dir.glob("*.png")) if drawn and out.plots_dir.is_dir() else ():
+        if stale.resolve() not in drawn:
+            stale.unlink()
     return out.report_md
 
 
@@ -344,11 +350,12 @@ def run_document(out: RunDirectory, title: str, frame: pd.DataFrame, summary: pd
     if not curves.empty and "model" in frame:  # a cell stopped before its rows (killed, say) has no row to mark
         curves = curves[curves["model"].isin(set(frame["model"]))]
     sections = metric_sections(frame, manifests)
-    for section in (curves_section(curves, frame, out.plots_dir) if not curves.empty else None, time_section(frame)):
+    for section in (curves_section(curves, frame, out.plots_dir, columns) if not curves.empty else None,
+                    time_section(frame)):
         if section is not None:
             sections.append(section)
     marks = [" ".join(m for m in pair if m) for pair in zip(row_marks(summary, manifests),
-                                                            curve_marks(summary, curves), strict=True)]
+                                                            curve_marks(summary, curves, columns), strict=True)]
     failures = summary[summary["failed"] > 0]
     table = headline_table(summary, columns, marks)
     shown_failed = table.drop(columns=["model", "sampler"]).map(lambda v: str(v).startswith("(")).to_numpy().any()
@@ -393,13 +400,13 @@ def shared_rows(a: pd.DataFrame, b: pd.DataFrame) -> int:
     return len(set(map(tuple, a[list(KEY)].values)) & set(map(tuple, b[list(KEY)].values)))
 
 
-def seed_spread(frame: pd.DataFrame, column: str = "fid") -> dict[tuple[str, str], tuple[float, int]]:
+def seed_spread(frame: pd.DataFrame, column: str) -> dict[tuple[str, str], tuple[float, int]]:
     """Per (model, sampler) with two or more successful seeds: the standard deviation of ``column``
     over the training seeds (ddof 1) and how many seeds it was measured on."""
     return _spread(aggregate(frame), column)
 
 
-def _spread(summary: pd.DataFrame, column: str = "fid") -> dict[tuple[str, str], tuple[float, int]]:
+def _spread(summary: pd.DataFrame, column: str) -> dict[tuple[str, str], tuple[float, int]]:
     if f"{column}_std" not in summary:
         return {}
     return {(row["model"], row["sampler"]): (float(row[f"{column}_std"]), int(row["n_seeds"]))
@@ -417,17 +424,43 @@ def _pooled_spread(*spreads: dict[tuple[str, str], tuple[float, int]]) -> dict[t
 
 
 def _seed_noise_columns(table: pd.DataFrame, shown: pd.DataFrame, spread: dict[tuple[str, str], tuple[float, int]],
-                        summary_a: pd.DataFrame, summary_b: pd.DataFrame) -> None:
-    """FID's training-seed sd and the FID Δ in units of it: a Δ between means of n_A and n_B seeds
-    has sd σ·√(1/n_A + 1/n_B) when the seeds alone differ."""
+                        summary_a: pd.DataFrame, summary_b: pd.DataFrame, quality: Column) -> None:
+    """The quality column's training-seed sd and its Δ in units of it: a Δ between means of n_A and
+    n_B seeds has sd σ·√(1/n_A + 1/n_B) when the seeds alone differ."""
     keys = list(zip(table["model"], table["sampler"], strict=True))
     counts = [summary.set_index(KEY)["n_seeds"].to_dict() for summary in (summary_a, summary_b)]
     sd = [spread.get(key, (math.nan, 0))[0] for key in keys]
     scale = [(1 / max(counts[0].get(key, 1), 1) + 1 / max(counts[1].get(key, 1), 1)) ** 0.5 for key in keys]
-    table["fid_seed_sd"] = sd
-    shown["FID seed sd"] = [_fmt(v, "{:.2f}") for v in sd]
-    shown["FID Δ / seed noise"] = [_fmt(abs(d) / (s * k), "{:.1f}")
-                                   for d, s, k in zip(table["fid Δ"], sd, scale, strict=True)]
+    name, label = quality.name, quality.title or quality.name
+    table[f"{name}_seed_sd"] = sd
+    shown[f"{label} seed sd"] = [_fmt(v, quality.fmt.replace(",", "")) for v in sd]
+    shown[f"{label} Δ / seed noise"] = [_fmt(abs(d) / (s * k), "{:.1f}")
+                                        for d, s, k in zip(table[f"{name} Δ"], sd, scale, strict=True)]
+
+
+def _noise_columns(table: pd.DataFrame, shown: pd.DataFrame, intro: list[str], quality: Column,
+                   spread: dict[tuple[str, str], tuple[float, int]] | None, spread_source: str,
+                   summary_a: pd.DataFrame, summary_b: pd.DataFrame) -> dict[tuple[str, str], tuple[float, int]]:
+    """The quality axis's Δ weighed against the draw's noise (its declared ``spread`` column on both
+    sides) and against the training seed's (``spread``, or each side's own seeds); the seed spread used."""
+    name, label = quality.name, quality.title or quality.name
+    if quality.spread and {f"{quality.spread} A", f"{quality.spread} B"} <= set(table):
+        # The draw's own noise on both sides: a gap of under about 2 of these is not a method's.
+        noise = (table[f"{quality.spread} A"] ** 2 + table[f"{quality.spread} B"] ** 2) ** 0.5
+        shown[f"{label} Δ / noise"] = [_fmt(v, "{:.1f}") for v in (table[f"{name} Δ"].abs() / noise)]
+        intro.append(f"{label} Δ / noise: |Δ {label}| over the two rows' sampling spreads combined (√(sd A² + sd B²)); "
+                     "below about 2, the rows are not told apart by their samples.")
+    if spread is None:
+        spread = _pooled_spread(_spread(summary_a, name), _spread(summary_b, name))
+        spread_source = "A's and B's own seeds"
+    if spread:
+        _seed_noise_columns(table, shown, spread, summary_a, summary_b, quality)
+        measured = sorted({n for _, n in spread.values()})
+        intro.append(f"{label} seed sd: {label}'s standard deviation over {'/'.join(map(str, measured))} training "
+                     f"seeds of the same model and sampler (from {spread_source}); {label} Δ / seed noise: |Δ {label}| "
+                     "over the sd the Δ would have if only the training seed differed; below about 2, retraining alone "
+                     "could give the gap.")
+    return spread
 
 
 def comparison_document(names: Sequence[str], a: pd.DataFrame, b: pd.DataFrame, manifests: Sequence[dict[str, Any]],
@@ -435,8 +468,8 @@ def comparison_document(names: Sequence[str], a: pd.DataFrame, b: pd.DataFrame, 
                         spread: dict[tuple[str, str], tuple[float, int]] | None = None,
                         spread_source: str = "") -> tuple[ReportDocument, pd.DataFrame]:
     """Two runs side by side: the document (under the columns' headings, formatted as the run
-    report formats them) and the raw comparison table. ``spread`` (from ``seed_spread``) is FID's
-    training-seed sd per row, measured in ``spread_source``; without it, A's and B's own seeds
+    report formats them) and the raw comparison table. ``spread`` (from ``seed_spread``) is the quality
+    axis's training-seed sd per row, measured in ``spread_source``; without it, A's and B's own seeds
     give it where either has several."""
     summary_a, summary_b = aggregate(a), aggregate(b)  # once: each is a bootstrap over every column
     table = _comparison_table(summary_a, summary_b, columns, all_columns)
@@ -449,24 +482,15 @@ def comparison_document(names: Sequence[str], a: pd.DataFrame, b: pd.DataFrame, 
             shown[f"{declared.heading} {side}"] = [_fmt(v, fmt) for v in table[f"{declared.name} {side}"]]
     intro = [f"Δ = B − A; rows matched by model and sampler; "
              f"{'headline columns; --all-columns for every one' if not all_columns else 'every numeric column'}."]
-    if {"fid Δ", "fid_sd A", "fid_sd B"} <= set(table):
-        # The draw's own noise on both sides: a gap of under about 2 of these is not a method's.
-        noise = (table["fid_sd A"] ** 2 + table["fid_sd B"] ** 2) ** 0.5
-        shown["FID Δ / noise"] = [_fmt(v, "{:.1f}") for v in (table["fid Δ"].abs() / noise)]
-        intro.append("FID Δ / noise: |Δ FID| over the two rows' sampling spreads combined (√(sd A² + sd B²)); "
-                     "below about 2, the rows are not told apart by their samples.")
-    if spread is None:
-        spread, spread_source = _pooled_spread(_spread(summary_a), _spread(summary_b)), "A's and B's own seeds"
-    if spread and "fid Δ" in table:
-        _seed_noise_columns(table, shown, spread, summary_a, summary_b)
-        measured = sorted({n for _, n in spread.values()})
-        intro.append(f"FID seed sd: FID's standard deviation over {'/'.join(map(str, measured))} training seeds of "
-                     f"the same model and sampler (from {spread_source}); FID Δ / seed noise: |Δ FID| over the sd "
-                     "the Δ would have if only the training seed differed; below about 2, retraining alone could "
-                     "give the gap.")
+    quality = chart_axes(columns).get("quality")
+    if quality is not None and f"{quality.name} Δ" in table:
+        spread = _noise_columns(table, shown, intro, quality, spread, spread_source, summary_a, summary_b)
+    else:
+        spread = None
     devices = [str(get_path(manifest, ("device", "name"))) for manifest in manifests]
     if len(set(devices)) > 1:
-        yardstick = ("the training-seed spread (FID seed sd) is the yardstick for it" if spread else
+        label = quality.title or quality.name if quality is not None else "the quality column"
+        yardstick = (f"the training-seed spread ({label} seed sd) is the yardstick for it" if spread else
                      "pass --seed-spread RUN (a run with several seeds of these models, such as reports/cpu-quick-seeds) "
                      "to quote the training-seed spread beside each Δ")
         intro.append(f"⚠ A ran on {devices[0]} and B on {devices[1]}: the same seed trains to different numbers on "

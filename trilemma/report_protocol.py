@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,16 @@ def registered_metrics() -> list[Any]:
 
 
 def _upgraded(record: dict[str, Any], now: Column | None) -> dict[str, Any]:
-    """A column recorded before declarations said ``text`` and ``axis="cost"``: those two from today's
-    declaration of the same name, everything else as recorded."""
-    if now is None or "text" in record:
+    """A column recorded before declarations had some of today's fields (``text``, ``spread``, ...):
+    those from today's declaration of the same name, everything as recorded; ``axis`` too where it was
+    recorded before the cost axis."""
+    missing = {f.name for f in fields(Column)} - set(record)
+    if now is None or not missing:
         return record
-    return {**record, "text": now.text, "axis": record.get("axis") or now.axis}
+    filled = {name: value for name, value in now.to_dict().items() if name in missing}
+    if "text" in missing:
+        filled["axis"] = record.get("axis") or now.axis
+    return {**record, **filled}
 
 
 def columns_of(manifests: Sequence[dict[str, Any]]) -> list[Column]:
@@ -36,7 +42,7 @@ def columns_of(manifests: Sequence[dict[str, Any]]) -> list[Column]:
         for record in manifest.get("columns", []):
             recorded.setdefault(record["name"], record)
     if recorded:
-        if any("text" not in record for record in recorded.values()):  # recorded before text and the cost axis
+        if any({f.name for f in fields(Column)} - set(record) for record in recorded.values()):  # recorded before today's fields
             current = {c.name: c for c in declared_columns(registered_metrics())}
             recorded = {name: _upgraded(record, current.get(name)) for name, record in recorded.items()}
         return from_dicts(recorded.values())

@@ -232,8 +232,11 @@ def _fidelity_columns(space: FeatureSpace) -> tuple[Column, ...]:
     where = f"{space.name} features"
     main = space is CLASSIFIER
     columns = [
+        # The learning curves follow the autoencoder's FID where it was measured: it ranks samples
+        # as a person would where the classifier's does not (``reports/metric-sanity``).
         Column(f"{p}fid", better="lower", headline=True, title=f"FID{label}", fmt="{:.2f}",
-               axis="quality" if main else None, description=f"Fréchet distance of {where}, generated vs real test split"),
+               axis="quality" if main else None, description=f"Fréchet distance of {where}, generated vs real test split",
+               spread=f"{p}fid_sd", curve_rank=1 if main else 2),
         Column(f"{p}fid_sd", headline=main, title=f"FID sd{label}", fmt="{:.2f}",
                description=f"sampling spread of {p}fid: its standard deviation over {FID_RESAMPLES} bootstrap resamples "
                            "of the row's generated samples (same model, no retraining); a smaller FID gap than about "
