@@ -1,6 +1,8 @@
 """Learning curves (issue 24, items 1 and 2): points during training that change no weight, rows per
 cell, the report's section and its "still improving" marks."""
 
+import re
+
 import pandas as pd
 import pytest
 import torch
@@ -105,6 +107,9 @@ def test_a_run_with_curves_records_them_reports_them_and_keeps_the_rows_of_a_run
     assert with_curves["seconds_curves"] > 0 and pd.isna(plain.get("seconds_curves"))
     report = (tmp_path / "curves" / "report.md").read_text()
     assert "## Learning curves" in report and "learning curves" in report  # the section and the time stage
+    plots = sorted(p.name for p in (tmp_path / "curves" / "plots").glob("*.png"))
+    assert "FID_AE_against_training_images.png" in plots  # named from the declared title, "FID (AE)"
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", name) for name in plots)  # safe as a Markdown link target
     assert "## Learning curves" not in (tmp_path / "plain" / "report.md").read_text()
 
 

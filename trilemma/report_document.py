@@ -149,7 +149,7 @@ def render_figures(summary: pd.DataFrame, out: RunDirectory, columns: Sequence[C
             ok, out.plot(f"{quality.name}_vs_{cost.name}"), quality, cost)
     for section in sections:
         for name, draw in section.figures.items():
-            figures[name] = draw(out.plot(name.replace(" ", "_")))
+            figures[name] = draw(out.plot(re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_")))  # a safe link target
     return {name: path for name, path in figures.items() if path is not None}
 
 
