@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 HARNESS = "harness"
@@ -56,13 +56,21 @@ class Column:
         return fnmatch.fnmatchcase(key, self.name) if self.name.endswith("*") else key == self.name
 
     @property
+    def label(self) -> str:
+        """What the column is called in reports: its ``title``, else its name."""
+        return self.title or self.name
+
+    @property
     def heading(self) -> str:
         arrow = {"lower": " ↓", "higher": " ↑"}.get(self.better or "", "")
-        return f"{self.title or self.name}{arrow}"
+        return f"{self.label}{arrow}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+
+#: Every field a Column declares (a manifest records them; one recorded earlier may lack later ones).
+COLUMN_FIELDS = frozenset(f.name for f in fields(Column))
 
 # The harness's own columns: identity first, then cost; metric columns go between the two groups.
 HARNESS_IDENTITY = (
@@ -159,5 +167,4 @@ def ordered(keys: Iterable[str], declared: Sequence[Column]) -> list[str]:
 
 def from_dicts(records: Iterable[Mapping[str, Any]]) -> list[Column]:
     """Columns read back from a manifest."""
-    fields = set(Column.__dataclass_fields__)
-    return [Column(**{k: v for k, v in record.items() if k in fields}) for record in records]
+    return [Column(**{k: v for k, v in record.items() if k in COLUMN_FIELDS}) for record in records]

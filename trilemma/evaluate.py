@@ -123,7 +123,7 @@ def summary(row: Mapping[str, Any], metrics: Mapping[str, Metric]) -> list[str]:
         value = row.get(column.name)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             try:
-                shown.append(f"{column.title or column.name}={column.fmt.format(value)}")
+                shown.append(f"{column.label}={column.fmt.format(value)}")
             except (ValueError, TypeError):
-                shown.append(f"{column.title or column.name}={value}")
+                shown.append(f"{column.label}={value}")
     return shown

@@ -83,8 +83,8 @@ def quality_vs_cost(frame: pd.DataFrame, path: Path, quality: Column, cost: Colu
             label="Pareto frontier")
     ax.scatter(frontier[x], frontier[y], s=140, facecolors="none", edgecolors="black", linewidths=1.2)
     ax.set_xscale("log")
-    ax.set_xlabel(f"{cost.title or cost.name} per sample (log scale)")
-    ax.set_ylabel(f"{quality.title or quality.name} ({quality.better or '?'} is better)")
+    ax.set_xlabel(f"{cost.label} per sample (log scale)")
+    ax.set_ylabel(f"{quality.label} ({quality.better or '?'} is better)")
     ax.set_title("Quality against sampling cost")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -126,8 +126,8 @@ def trilemma_chart(frame: pd.DataFrame, path: Path, axes: dict[str, Column]) -> 
     rows = trilemma_scores(frame, axes)
     if rows.empty:
         return None
-    axes_names = [f"quality\n({axes['quality'].title or axes['quality'].name})",
-                  f"speed\n(log {axes['speed'].title or axes['speed'].name})",
+    axes_names = [f"quality\n({axes['quality'].label})",
+                  f"speed\n(log {axes['speed'].label})",
                   f"coverage\n({axes['coverage'].name})"]
     angles = np.linspace(0, 2 * np.pi, 3, endpoint=False).tolist()
     models = list(dict.fromkeys(rows["model"]))

@@ -74,9 +74,10 @@ def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool =
     # Refused before anything is written: rows that do not pool, a spread with nothing to quote.
     if not compare:
         frame = _pooled_rows(run_dirs, [f for f, _ in loaded], force)
+    columns = columns_of(manifests)
     spread, source = None, ""
     if spread_runs:
-        quality = chart_axes(columns_of(manifests)).get("quality")
+        quality = chart_axes(columns).get("quality")
         if quality is None:
             raise TrilemmaError("--seed-spread: the runs declare no quality column to quote a spread of")
         spread = seed_spread(_pooled_rows(spread_runs, [load_run(Path(r))[0] for r in spread_runs], force),
@@ -88,7 +89,7 @@ def render_runs(run_dirs: Sequence[Path], out: Path | None = None, force: bool =
     directory.root.mkdir(parents=True, exist_ok=True)
     if compare:
         doc, table = comparison_document([str(r) for r in run_dirs], loaded[0][0], loaded[1][0], manifests,
-                                         columns_of(manifests), all_columns, spread, source)
+                                         columns, all_columns, spread, source)
         directory.write_text(directory.file("comparison.csv"), table.to_csv(index=False))
     else:
         directory.write_results(frame)

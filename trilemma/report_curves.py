@@ -106,7 +106,7 @@ def curves_section(curves: pd.DataFrame, frame: pd.DataFrame, plots_dir: Path,
     table["last doubling"] = [f"{shares.get(key, math.nan):+.0%}".replace("+nan%", "–") for key in table.index]
     table["mark"] = [IMPROVING_MARK if shares.get(key, 0) > IMPROVING_SHARE else "" for key in table.index]
     table = table.reset_index()
-    title = declared.title or metric
+    title = declared.label
     marked = sorted({m for (m, _), share in shares.items() if share > IMPROVING_SHARE})
     samples = ", ".join(f"{n:g}" for n in sorted(curves["samples"].dropna().unique())) if "samples" in curves else "?"
     notes = [f"Each cell was also evaluated at shares of its training budget on {samples} samples of its curve "

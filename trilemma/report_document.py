@@ -67,7 +67,7 @@ def headline_table(summary: pd.DataFrame, columns: Sequence[Column], marks: Sequ
             cells.append(cell)
         table[title] = cells
         if declared is quality and f"{column}_std" in summary and (summary["n_seeds"] > 1).any():
-            table[f"{declared.title or column} seed sd"] = [_fmt(v, fmt.replace(",", "")) for v in summary[f"{column}_std"]]
+            table[f"{declared.label} seed sd"] = [_fmt(v, fmt.replace(",", "")) for v in summary[f"{column}_std"]]
     table["status"] = ["ok" if f == 0 else f"{f} failed" for f in summary["failed"]]
     if any(marks):
         table["marks"] = list(marks)
@@ -76,7 +76,7 @@ def headline_table(summary: pd.DataFrame, columns: Sequence[Column], marks: Sequ
 
 def not_applicable(manifests: Sequence[dict[str, Any]], columns: Sequence[Column]) -> list[str]:
     """Why headline columns are "–" everywhere: their metric does not apply to the run's dataset."""
-    titles = {c.name: c.title or c.name for c in columns}
+    titles = {c.name: c.label for c in columns}
     notes = []
     for manifest in manifests:
         for metric, names in manifest.get("does_not_apply", {}).items():
@@ -145,7 +145,7 @@ def render_figures(summary: pd.DataFrame, out: RunDirectory, columns: Sequence[C
     figures = {"trilemma chart": plots.trilemma_chart(ok, out.plot("trilemma"), axes)}
     if "quality" in axes and "cost" in axes:
         quality, cost = axes["quality"], axes["cost"]
-        figures[f"{quality.title or quality.name} against {cost.title or cost.name}"] = plots.quality_vs_cost(
+        figures[f"{quality.label} against {cost.label}"] = plots.quality_vs_cost(
             ok, out.plot(f"{quality.name}_vs_{cost.name}"), quality, cost)
     for section in sections:
         for name, draw in section.figures.items():
@@ -431,7 +431,7 @@ def _seed_noise_columns(table: pd.DataFrame, shown: pd.DataFrame, spread: dict[t
     counts = [summary.set_index(KEY)["n_seeds"].to_dict() for summary in (summary_a, summary_b)]
     sd = [spread.get(key, (math.nan, 0))[0] for key in keys]
     scale = [(1 / max(counts[0].get(key, 1), 1) + 1 / max(counts[1].get(key, 1), 1)) ** 0.5 for key in keys]
-    name, label = quality.name, quality.title or quality.name
+    name, label = quality.name, quality.label
     table[f"{name}_seed_sd"] = sd
     shown[f"{label} seed sd"] = [_fmt(v, quality.fmt.replace(",", "")) for v in sd]
     shown[f"{label} Δ / seed noise"] = [_fmt(abs(d) / (s * k), "{:.1f}")
@@ -443,7 +443,7 @@ def _noise_columns(table: pd.DataFrame, shown: pd.DataFrame, intro: list[str], q
                    summary_a: pd.DataFrame, summary_b: pd.DataFrame) -> dict[tuple[str, str], tuple[float, int]]:
     """The quality axis's Δ weighed against the draw's noise (its declared ``spread`` column on both
     sides) and against the training seed's (``spread``, or each side's own seeds); the seed spread used."""
-    name, label = quality.name, quality.title or quality.name
+    name, label = quality.name, quality.label
     if quality.spread and {f"{quality.spread} A", f"{quality.spread} B"} <= set(table):
         # The draw's own noise on both sides: a gap of under about 2 of these is not a method's.
         noise = (table[f"{quality.spread} A"] ** 2 + table[f"{quality.spread} B"] ** 2) ** 0.5
@@ -489,7 +489,7 @@ def comparison_document(names: Sequence[str], a: pd.DataFrame, b: pd.DataFrame, 
         spread = None
     devices = [str(get_path(manifest, ("device", "name"))) for manifest in manifests]
     if len(set(devices)) > 1:
-        label = quality.title or quality.name if quality is not None else "the quality column"
+        label = quality.label if quality is not None else "the quality column"
         yardstick = (f"the training-seed spread ({label} seed sd) is the yardstick for it" if spread else
                      "pass --seed-spread RUN (a run with several seeds of these models, such as reports/cpu-quick-seeds) "
                      "to quote the training-seed spread beside each Δ")

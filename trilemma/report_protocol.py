@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from trilemma.columns import Column, declared_columns, from_dicts
+from trilemma.columns import COLUMN_FIELDS, Column, declared_columns, from_dicts
 from trilemma.errors import TrilemmaError
 
 
@@ -25,7 +24,7 @@ def _upgraded(record: dict[str, Any], now: Column | None) -> dict[str, Any]:
     """A column recorded before declarations had some of today's fields (``text``, ``spread``, ...):
     those from today's declaration of the same name, everything as recorded; ``axis`` too where it was
     recorded before the cost axis."""
-    missing = {f.name for f in fields(Column)} - set(record)
+    missing = COLUMN_FIELDS - set(record)
     if now is None or not missing:
         return record
     filled = {name: value for name, value in now.to_dict().items() if name in missing}
@@ -42,7 +41,7 @@ def columns_of(manifests: Sequence[dict[str, Any]]) -> list[Column]:
         for record in manifest.get("columns", []):
             recorded.setdefault(record["name"], record)
     if recorded:
-        if any({f.name for f in fields(Column)} - set(record) for record in recorded.values()):  # recorded before today's fields
+        if any(COLUMN_FIELDS - set(record) for record in recorded.values()):  # recorded before today's fields
             current = {c.name: c for c in declared_columns(registered_metrics())}
             recorded = {name: _upgraded(record, current.get(name)) for name, record in recorded.items()}
         return from_dicts(recorded.values())

@@ -228,7 +228,7 @@ def write_report(out: Path, table: Mapping[str, Mapping[str, float]], columns: M
     frame = pd.DataFrame(table).T
     atomic_write_text(out / "results.csv", frame.to_csv(index_label="set"))
     shown = [c for c in columns if c in frame]
-    head = frame[shown].rename(columns={c: f"{columns[c].title or c} {'↑' if columns[c].better == 'higher' else '↓'}"
+    head = frame[shown].rename(columns={c: f"{columns[c].label} {'↑' if columns[c].better == 'higher' else '↓'}"
                                         for c in shown}).map("{:.4g}".format)
     if marks:
         head["marks"] = [marks.get(name, "") for name in head.index]
